@@ -61,8 +61,8 @@ jsondict = Annotated[dict[str, Any], mapped_column(JSONType, default=dict)]
 jsonlist = Annotated[list[Any], mapped_column(JSONType, default=list)]
 
 
-def enum_column(enum_cls: type[enum.Enum], **kw: Any) -> Any:
-    """An enum stored by value as a VARCHAR with a CHECK constraint (no native enum types to migrate)."""
+def enum_column(enum_cls: type[enum.Enum], column: str, **kw: Any) -> Any:
+    """An enum stored by value as a VARCHAR with a CHECK constraint named after the column."""
     from sqlalchemy import Enum
 
     return mapped_column(
@@ -72,7 +72,7 @@ def enum_column(enum_cls: type[enum.Enum], **kw: Any) -> Any:
             create_constraint=True,
             length=32,
             values_callable=lambda e: [m.value for m in e],
-            name=f"{enum_cls.__name__.lower()}",
+            name=column,
             validate_strings=True,
         ),
         **kw,

@@ -24,16 +24,16 @@ class Case(Base):
 
     id: Mapped[intpk]
     reference: Mapped[str] = mapped_column(String(32), unique=True)
-    status: Mapped[CaseStatus] = enum_column(CaseStatus, default=CaseStatus.NEW, index=True)
-    resolution: Mapped[Resolution | None] = enum_column(Resolution, nullable=True)
+    status: Mapped[CaseStatus] = enum_column(CaseStatus, "status", default=CaseStatus.NEW, index=True)
+    resolution: Mapped[Resolution | None] = enum_column(Resolution, "resolution", nullable=True)
     subject: Mapped[str] = mapped_column(String(998), default="")
     requester_email: Mapped[str255] = mapped_column(default="", index=True)
     requester_name: Mapped[str255] = mapped_column(default="")
     requester_domain: Mapped[str255] = mapped_column(default="", index=True)
     assignee_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
-    authority_result: Mapped[CheckResult] = enum_column(CheckResult, default=CheckResult.PENDING)
+    authority_result: Mapped[CheckResult] = enum_column(CheckResult, "authority_result", default=CheckResult.PENDING)
     authority_evidence: Mapped[jsondict]
-    verification_result: Mapped[CheckResult] = enum_column(CheckResult, default=CheckResult.PENDING)
+    verification_result: Mapped[CheckResult] = enum_column(CheckResult, "verification_result", default=CheckResult.PENDING)
     flags: Mapped[jsondict]
     search_text: Mapped[str] = mapped_column(Text, default="")
     merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
@@ -77,10 +77,10 @@ class CaseTarget(Base):
     end_key: Mapped[ipkey]
     source_text: Mapped[str] = mapped_column(String(255), default="")
     oversized: Mapped[bool] = mapped_column(default=False)
-    coverage: Mapped[Coverage] = enum_column(Coverage, default=Coverage.NOT_LISTED)
-    status: Mapped[TargetStatus] = enum_column(TargetStatus, default=TargetStatus.PENDING, index=True)
+    coverage: Mapped[Coverage] = enum_column(Coverage, "coverage", default=Coverage.NOT_LISTED)
+    status: Mapped[TargetStatus] = enum_column(TargetStatus, "status", default=TargetStatus.PENDING, index=True)
     summary: Mapped[jsondict]
-    authority_result: Mapped[CheckResult] = enum_column(CheckResult, default=CheckResult.PENDING)
+    authority_result: Mapped[CheckResult] = enum_column(CheckResult, "authority_result", default=CheckResult.PENDING)
     authority_evidence: Mapped[jsondict]
     check_attempts: Mapped[int] = mapped_column(default=0)
     next_check_at: Mapped[timestamp_opt] = mapped_column(index=True)

@@ -19,8 +19,8 @@ class VerificationRun(Base):
     target_id: Mapped[int | None] = mapped_column(ForeignKey("case_targets.id", ondelete="CASCADE"), index=True)
     network: Mapped[str] = mapped_column(String(49))
     trigger: Mapped[str] = mapped_column(String(16), default="auto")
-    status: Mapped[RunStatus] = enum_column(RunStatus, default=RunStatus.PENDING, index=True)
-    result: Mapped[CheckResult] = enum_column(CheckResult, default=CheckResult.PENDING)
+    status: Mapped[RunStatus] = enum_column(RunStatus, "status", default=RunStatus.PENDING, index=True)
+    result: Mapped[CheckResult] = enum_column(CheckResult, "result", default=CheckResult.PENDING)
     total: Mapped[int] = mapped_column(default=0)
     done: Mapped[int] = mapped_column(default=0)
     passed: Mapped[int] = mapped_column(default=0)
@@ -45,8 +45,8 @@ class DnsCheck(Base):
     address: Mapped[str] = mapped_column(String(45))
     version: Mapped[int]
     address_key: Mapped[ipkey]
-    result: Mapped[CheckResult] = enum_column(CheckResult)
-    name_verdict: Mapped[NameVerdict] = enum_column(NameVerdict, default=NameVerdict.NONE)
+    result: Mapped[CheckResult] = enum_column(CheckResult, "result")
+    name_verdict: Mapped[NameVerdict] = enum_column(NameVerdict, "name_verdict", default=NameVerdict.NONE)
     ptr_names: Mapped[jsonlist]
     reasons: Mapped[jsonlist]
     evidence: Mapped[jsondict]

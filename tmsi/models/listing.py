@@ -58,7 +58,7 @@ class ListingEvent(Base):
 
     id: Mapped[intpk]
     listing_id: Mapped[int] = mapped_column(ForeignKey("listings.id"), index=True)
-    kind: Mapped[ListingEventKind] = enum_column(ListingEventKind)
+    kind: Mapped[ListingEventKind] = enum_column(ListingEventKind, "kind")
     at: Mapped[timestamp]
     actor: Mapped[str255] = mapped_column(default="system")
     case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), index=True)

@@ -17,9 +17,9 @@ class Message(Base):
 
     id: Mapped[intpk]
     case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), index=True)
-    direction: Mapped[Direction] = enum_column(Direction, default=Direction.IN)
-    kind: Mapped[MessageKind | None] = enum_column(MessageKind, nullable=True)
-    status: Mapped[MessageStatus] = enum_column(MessageStatus, default=MessageStatus.STORED, index=True)
+    direction: Mapped[Direction] = enum_column(Direction, "direction", default=Direction.IN)
+    kind: Mapped[MessageKind | None] = enum_column(MessageKind, "kind", nullable=True)
+    status: Mapped[MessageStatus] = enum_column(MessageStatus, "status", default=MessageStatus.STORED, index=True)
     # Message-ID plus content hash: the same message delivered twice is one row.
     dedupe_key: Mapped[str] = mapped_column(String(255), unique=True)
     message_id_header: Mapped[str] = mapped_column(String(998), default="", index=True)
@@ -99,7 +99,7 @@ class OutboxMessage(Base):
     rcpt_to: Mapped[jsonlist]
     subject: Mapped[str] = mapped_column(String(998), default="")
     raw: Mapped[bytes] = deferred(mapped_column(LargeBinary))
-    status: Mapped[OutboxStatus] = enum_column(OutboxStatus, default=OutboxStatus.PENDING, index=True)
+    status: Mapped[OutboxStatus] = enum_column(OutboxStatus, "status", default=OutboxStatus.PENDING, index=True)
     hold_reason: Mapped[str | None] = mapped_column(String(255))
     attempts: Mapped[int] = mapped_column(default=0)
     next_attempt_at: Mapped[timestamp_opt]

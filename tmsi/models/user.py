@@ -16,7 +16,7 @@ class User(Base):
     email: Mapped[str] = mapped_column(String(255), unique=True)
     name: Mapped[str255] = mapped_column(default="")
     password_hash: Mapped[str] = mapped_column(String(255), default="")
-    role: Mapped[Role] = enum_column(Role, default=Role.ANALYST)
+    role: Mapped[Role] = enum_column(Role, "role", default=Role.ANALYST)
     active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[timestamp]
     last_login_at: Mapped[timestamp_opt]

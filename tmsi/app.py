@@ -1,0 +1,68 @@
+"""Wiring of the Flask application (kept out of ``tmsi/__init__`` so importing tmsi stays cheap)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, current_app
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from tmsi.config import Settings, load_settings
+from tmsi.db import make_engine, make_sessionmaker
+
+
+class Database:
+    """The engine and session factory of one app (also used by jobs and the CLI)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.engine: Engine = make_engine(settings.database_url)
+        self.factory: sessionmaker[Session] = make_sessionmaker(self.engine)
+
+
+def build_app(settings: Settings | dict[str, Any] | None = None) -> Flask:
+    if settings is None:
+        settings = load_settings()
+    elif isinstance(settings, dict):
+        settings = load_settings(**settings)
+
+    app = Flask(
+        __name__,
+        template_folder=str(_project_templates()),
+        instance_path=str(settings.instance_path.resolve()),
+    )
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        TMSI=settings,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.session_cookie_secure,
+        MAX_CONTENT_LENGTH=16 * 1024 * 1024,
+        JSON_SORT_KEYS=False,
+    )
+    app.extensions["tmsi.db"] = Database(settings)
+
+    from tmsi.web import register_web
+
+    register_web(app)
+    return app
+
+
+def _project_templates() -> Any:
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "templates", here / "templates"):
+        if candidate.is_dir():
+            return candidate
+    return here.parent / "templates"
+
+
+def get_settings() -> Settings:
+    settings: Settings = current_app.config["TMSI"]
+    return settings
+
+
+def get_db() -> Database:
+    db: Database = current_app.extensions["tmsi.db"]
+    return db

@@ -1,0 +1,25 @@
+"""The ``tmsi`` command: a Flask CLI group; each feature registers its group here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask.cli import FlaskGroup
+
+from tmsi.cli import db, listings
+
+
+def _create_app() -> Any:
+    from tmsi import create_app
+
+    return create_app()
+
+
+main = FlaskGroup(
+    create_app=_create_app,
+    add_default_commands=True,
+    load_dotenv=True,
+    help="tmsi: delisting-request case management for a DNS blocklist.",
+)
+main.add_command(db.db)
+main.add_command(listings.listings)

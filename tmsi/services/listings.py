@@ -1,0 +1,240 @@
+"""The listings store: containment/overlap look-ups answered by the index, and idempotent bulk import.
+
+A listing overlaps a query network exactly when it is a supernet of it (one of at most 33/129 CIDRs,
+found by exact key) or starts inside it (a range scan on ``(version, start_key)``): no full scans.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, insert, or_, select, tuple_, update
+from sqlalchemy.orm import Session
+
+from tmsi.db import utcnow
+from tmsi.domain.listfile import Entry
+from tmsi.domain.networks import IPNetwork, network_keys, supernet_keys
+from tmsi.models import Coverage, Listing, ListingEvent, ListingEventKind
+
+IMPORT_CHUNK = 20_000
+
+
+def overlapping_query(network: IPNetwork, *, active_only: bool = True) -> Any:
+    """SELECT of every listing that covers or overlaps ``network``."""
+    version, start, end = network_keys(network)
+    supers = supernet_keys(network)
+    cond = and_(
+        Listing.version == version,
+        or_(
+            Listing.start_key.between(start, end),
+            tuple_(Listing.prefixlen, Listing.start_key).in_(supers),
+        ),
+    )
+    stmt = select(Listing).where(cond)
+    if active_only:
+        stmt = stmt.where(Listing.active.is_(True))
+    return stmt.order_by(Listing.start_key, Listing.prefixlen)
+
+
+def find_overlapping(session: Session, network: IPNetwork, *, active_only: bool = True) -> list[Listing]:
+    return list(session.scalars(overlapping_query(network, active_only=active_only)))
+
+
+def coverage_of(network: IPNetwork, listings: Sequence[Listing]) -> Coverage:
+    """Whether ``network`` is fully, partly or not at all covered by ``listings`` (assumed overlapping)."""
+    if not listings:
+        return Coverage.NOT_LISTED
+    nets = [ipaddress.ip_network(item.network) for item in listings]
+    if any(network.subnet_of(n) for n in nets if n.version == network.version):  # type: ignore[arg-type]
+        return Coverage.LISTED
+    inside = ipaddress.collapse_addresses(
+        [n for n in nets if n.version == network.version and n.subnet_of(network)]  # type: ignore[arg-type]
+    )
+    covered = sum(n.num_addresses for n in inside)
+    return Coverage.LISTED if covered >= network.num_addresses else Coverage.PARTLY_LISTED
+
+
+def listing_to_dict(listing: Listing, query: IPNetwork | None = None) -> dict[str, Any]:
+    net = ipaddress.ip_network(listing.network)
+    relation = "equal"
+    if query is not None and net != query:
+        relation = "covers" if query.subnet_of(net) else "inside"  # type: ignore[arg-type]
+    return {
+        "network": listing.network,
+        "reason": listing.reason,
+        "listed_at": listing.listed_at.isoformat(),
+        "source": listing.source,
+        "active": listing.active,
+        "relation": relation,
+    }
+
+
+def lookup(session: Session, network: IPNetwork) -> dict[str, Any]:
+    listings = find_overlapping(session, network)
+    return {
+        "query": str(network),
+        "listed": bool(listings),
+        "coverage": coverage_of(network, listings).value,
+        "listings": [listing_to_dict(item, network) for item in listings],
+    }
+
+
+@dataclass
+class ImportReport:
+    added: int = 0
+    unchanged: int = 0
+    covered: int = 0
+    superseded: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "added": self.added,
+            "unchanged": self.unchanged,
+            "covered": self.covered,
+            "superseded": self.superseded,
+            "errors": len(self.errors),
+        }
+
+
+def _sort_key(network: IPNetwork) -> tuple[int, int, int]:
+    return network.version, int(network.network_address), network.prefixlen
+
+
+def _dedupe_nested(entries: Iterable[Entry], report: ImportReport) -> list[Entry]:
+    """Drop input entries equal to or nested in an earlier (wider) input entry of the same version."""
+    ordered = sorted(entries, key=lambda e: _sort_key(e.network))
+    kept: list[Entry] = []
+    for entry in ordered:
+        if kept:
+            last = kept[-1].network
+            net = entry.network
+            if last.version == net.version and int(net.broadcast_address) <= int(last.broadcast_address):
+                if net == last:
+                    report.unchanged += 1
+                else:
+                    report.covered += 1
+                continue
+        kept.append(entry)
+    return kept
+
+
+def import_entries(
+    session: Session,
+    entries: Iterable[Entry],
+    *,
+    source: str = "import",
+    actor: str = "system",
+    default_reason: str = "listed",
+    now: datetime | None = None,
+) -> ImportReport:
+    """Add the entries not already listed. Idempotent: a second import of the same file adds nothing.
+
+    An entry already covered by an active listing is skipped (``covered``); an entry that covers
+    narrower active listings replaces them (they become history, ``superseded``). Adjacent entries
+    stay separate: each keeps its own reason and date.
+    """
+    report = ImportReport()
+    now = now or utcnow()
+    kept = _dedupe_nested(entries, report)
+    for offset in range(0, len(kept), IMPORT_CHUNK):
+        _import_chunk(session, kept[offset : offset + IMPORT_CHUNK], report, source, actor, default_reason, now)
+    return report
+
+
+def _existing_for_chunk(session: Session, chunk: Sequence[Entry]) -> list[tuple[int, int, int, bytes, bytes]]:
+    """Active listings that could overlap any entry of a sorted single-version chunk."""
+    rows: list[tuple[int, int, int, bytes, bytes]] = []
+    by_version: dict[int, list[IPNetwork]] = {}
+    for entry in chunk:
+        by_version.setdefault(entry.network.version, []).append(entry.network)
+    for version, nets in by_version.items():
+        lo = nets[0].network_address.packed
+        hi = max(n.broadcast_address.packed for n in nets)
+        first_host = ipaddress.ip_network(nets[0].network_address)
+        stmt = select(Listing.id, Listing.version, Listing.prefixlen, Listing.start_key, Listing.end_key).where(
+            Listing.active.is_(True),
+            Listing.version == version,
+            or_(
+                Listing.start_key.between(lo, hi),
+                tuple_(Listing.prefixlen, Listing.start_key).in_(supernet_keys(first_host)),
+            ),
+        )
+        rows.extend((r[0], r[1], r[2], r[3], r[4]) for r in session.execute(stmt))
+    return rows
+
+
+def _import_chunk(
+    session: Session,
+    chunk: Sequence[Entry],
+    report: ImportReport,
+    source: str,
+    actor: str,
+    default_reason: str,
+    now: datetime,
+) -> None:
+    existing = _existing_for_chunk(session, chunk)
+    exact = {(v, start, plen) for (_id, v, plen, start, _end) in existing}
+    # Sorted intervals of existing active listings, per version, for covered/covering checks.
+    intervals: dict[int, list[tuple[bytes, bytes, int]]] = {}
+    for lid, v, _plen, start, end in existing:
+        intervals.setdefault(v, []).append((start, end, lid))
+    for items in intervals.values():
+        items.sort()
+
+    rows: list[dict[str, Any]] = []
+    superseded_ids: set[int] = set()
+    for entry in chunk:
+        version, start, end = network_keys(entry.network)
+        if (version, start, entry.network.prefixlen) in exact:
+            report.unchanged += 1
+            continue
+        spans = intervals.get(version, [])
+        if any(s <= start and end <= e for s, e, _ in spans):
+            report.covered += 1
+            continue
+        for s, e, lid in spans:
+            if start <= s and e <= end:
+                superseded_ids.add(lid)
+        rows.append(
+            {
+                "network": str(entry.network),
+                "version": version,
+                "prefixlen": entry.network.prefixlen,
+                "start_key": start,
+                "end_key": end,
+                "reason": (entry.reason or default_reason)[:255],
+                "listed_at": entry.listed_at or now,
+                "source": source,
+                "evidence": {},
+                "active": True,
+                "created_at": now,
+            }
+        )
+    if superseded_ids:
+        ids = sorted(superseded_ids)
+        session.execute(
+            update(Listing).where(Listing.id.in_(ids)).values(active=False, removed_at=now),
+            execution_options={"synchronize_session": False},
+        )
+        session.execute(
+            insert(ListingEvent),
+            [
+                {
+                    "listing_id": lid,
+                    "kind": ListingEventKind.SUPERSEDED,
+                    "at": now,
+                    "actor": actor,
+                    "detail": {"reason": "covered by a wider imported listing"},
+                }
+                for lid in ids
+            ],
+        )
+        report.superseded += len(ids)
+    if rows:
+        session.execute(insert(Listing), rows)
+        report.added += len(rows)

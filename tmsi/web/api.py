@@ -1,0 +1,37 @@
+"""JSON API under /api/v1 and the liveness probe."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify, request
+from sqlalchemy import text
+
+from tmsi.app import get_db
+from tmsi.domain.networks import NetworkError, parse_network
+from tmsi.services.listings import lookup
+
+bp = Blueprint("api", __name__)
+
+
+def json_error(status: int, error: str, message: str) -> Any:
+    return jsonify(error=error, message=message), status
+
+
+@bp.get("/healthz")
+def healthz() -> Any:
+    return jsonify(status="ok")
+
+
+@bp.get("/api/v1/listings")
+def listings() -> Any:
+    query = request.args.get("ip", "").strip()
+    if not query:
+        return json_error(400, "missing_ip", "pass ?ip=ADDRESS or ?ip=CIDR")
+    try:
+        network = parse_network(query)
+    except NetworkError as exc:
+        return json_error(400, "invalid_ip", str(exc))
+    with get_db().factory() as session:
+        session.execute(text("SELECT 1"))
+        return jsonify(lookup(session, network))
