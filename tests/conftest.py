@@ -64,9 +64,17 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def engine(database_url: str) -> Iterator[Engine]:
+    from sqlalchemy import text
+
     from tmsi.cli.db import upgrade
     from tmsi.db import make_engine
 
+    if database_url.startswith("postgresql"):
+        # A throw-away test database: start from an empty schema so every run migrates from scratch.
+        reset = make_engine(database_url)
+        with reset.begin() as conn:
+            conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+        reset.dispose()
     upgrade(database_url)
     eng = make_engine(database_url)
     yield eng

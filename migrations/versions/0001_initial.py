@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-29 20:15:54.516178
+Create Date: 2026-11-29 20:17:58.095439
 """
 
 from collections.abc import Sequence
@@ -569,6 +569,8 @@ def upgrade() -> None:
             sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), "postgresql"),
             nullable=False,
         ),
+        sa.Column("recipient", sa.String(length=255), nullable=False),
+        sa.Column("automatic", sa.Boolean(), nullable=False),
         sa.Column("subject", sa.String(length=998), nullable=False),
         sa.Column("raw", sa.LargeBinary(), nullable=True),
         sa.Column(
@@ -603,6 +605,7 @@ def upgrade() -> None:
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_outbox_case_id"), ["case_id"], unique=False)
         batch_op.create_index("ix_outbox_due", ["status", "next_attempt_at"], unique=False)
+        batch_op.create_index(batch_op.f("ix_outbox_recipient"), ["recipient"], unique=False)
         batch_op.create_index(batch_op.f("ix_outbox_status"), ["status"], unique=False)
 
     op.create_table(
@@ -863,6 +866,7 @@ def downgrade() -> None:
     op.drop_table("delistings")
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_outbox_status"))
+        batch_op.drop_index(batch_op.f("ix_outbox_recipient"))
         batch_op.drop_index("ix_outbox_due")
         batch_op.drop_index(batch_op.f("ix_outbox_case_id"))
 

@@ -97,6 +97,9 @@ class OutboxMessage(Base):
     template_key: Mapped[str] = mapped_column(String(64), default="")
     mail_from: Mapped[str255]
     rcpt_to: Mapped[jsonlist]
+    # First recipient, lower-cased: the per-requester auto-reply rate limit counts on it.
+    recipient: Mapped[str] = mapped_column(String(255), default="", index=True)
+    automatic: Mapped[bool] = mapped_column(default=False)
     subject: Mapped[str] = mapped_column(String(998), default="")
     raw: Mapped[bytes] = deferred(mapped_column(LargeBinary))
     status: Mapped[OutboxStatus] = enum_column(OutboxStatus, "status", default=OutboxStatus.PENDING, index=True)

@@ -1,0 +1,198 @@
+"""Templated replies: lead-editable templates rendered in a sandbox, threaded, rate-limited, queued.
+
+Templates see plain dicts and lists only (never ORM objects), through Jinja's immutable sandbox, so a
+template author can format data but not reach into the application.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from importlib import resources
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from tmsi.config import Settings
+from tmsi.db import utcnow
+from tmsi.models import Case, Direction, Message, OutboxMessage, ReplyTemplate
+from tmsi.services import audit, outbox
+
+_ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+
+
+class TemplateRenderError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Rendered:
+    subject: str
+    body: str
+
+
+def default_templates() -> dict[str, dict[str, str]]:
+    text = resources.files("tmsi.data").joinpath("reply_templates.toml").read_text("utf-8")
+    return tomllib.loads(text)
+
+
+def ensure_templates(session: Session) -> None:
+    """Seed the default templates that are not in the database yet (never overwrites a lead's edit)."""
+    existing = set(session.scalars(select(ReplyTemplate.key)))
+    for key, spec in default_templates().items():
+        if key not in existing:
+            session.add(ReplyTemplate(key=key, title=spec["title"], subject=spec["subject"], body=spec["body"]))
+    session.flush()
+
+
+def get_template(session: Session, key: str) -> ReplyTemplate:
+    tpl = session.scalar(select(ReplyTemplate).where(ReplyTemplate.key == key))
+    if tpl is None:
+        ensure_templates(session)
+        tpl = session.scalar(select(ReplyTemplate).where(ReplyTemplate.key == key))
+    if tpl is None:
+        raise TemplateRenderError(f"no reply template {key!r}")
+    return tpl
+
+
+def case_context(case: Case, settings: Settings, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    targets = [
+        {
+            "network": t.network,
+            "status": t.status.value,
+            "coverage": t.coverage.value,
+            "reasons": list((t.summary or {}).get("reasons", [])),
+            "failing": list((t.summary or {}).get("failing", [])),
+        }
+        for t in case.targets
+    ]
+    return {
+        "case": {
+            "reference": case.reference,
+            "subject": case.subject,
+            "status": case.status.value,
+            "requester_email": case.requester_email,
+            "requester_name": case.requester_name,
+        },
+        "targets": targets,
+        "mailbox_address": settings.mailbox_address,
+        "base_url": settings.base_url,
+        "lookup_url": f"{settings.base_url.rstrip('/')}/lookup",
+        "signature": "Kind regards,\nThe spam investigation team",
+        "extra": dict(extra or {}),
+    }
+
+
+def render_text(subject_tpl: str, body_tpl: str, context: dict[str, Any]) -> Rendered:
+    try:
+        subject = _ENV.from_string(subject_tpl).render(context)
+        body = _ENV.from_string(body_tpl).render(context)
+    except TemplateError as exc:  # includes SecurityError and UndefinedError
+        raise TemplateRenderError(f"template error: {exc}") from None
+    return Rendered(subject=" ".join(subject.split()), body=body)
+
+
+def render_reply(
+    session: Session, case: Case, key: str, settings: Settings, extra: dict[str, Any] | None = None
+) -> Rendered:
+    tpl = get_template(session, key)
+    rendered = render_text(tpl.subject, tpl.body, case_context(case, settings, extra))
+    return Rendered(outbox.with_reference(rendered.subject, case.reference), rendered.body)
+
+
+def _last_inbound(session: Session, case: Case) -> Message | None:
+    return session.scalar(
+        select(Message)
+        .where(Message.case_id == case.id, Message.direction == Direction.IN)
+        .order_by(Message.received_at.desc(), Message.id.desc())
+        .limit(1)
+    )
+
+
+def automatic_replies_last_hour(session: Session, recipient: str, now: datetime) -> int:
+    return session.scalar(
+        select(func.count())
+        .select_from(OutboxMessage)
+        .where(
+            OutboxMessage.recipient == recipient.lower(),
+            OutboxMessage.automatic.is_(True),
+            OutboxMessage.created_at >= now - timedelta(hours=1),
+        )
+    ) or 0
+
+
+def queue_reply(
+    session: Session,
+    case: Case,
+    key: str,
+    settings: Settings,
+    *,
+    actor: str = audit.SYSTEM,
+    actor_id: int | None = None,
+    to: str | None = None,
+    extra: dict[str, Any] | None = None,
+    subject: str | None = None,
+    body: str | None = None,
+    hold_reason: str | None = None,
+    now: datetime | None = None,
+) -> OutboxMessage | None:
+    """Render template ``key`` for ``case`` (or send the analyst's edited subject/body) via the outbox.
+
+    Automatic replies (actor ``system``) are never sent to auto-generated mail or our own address, and
+    at most ``autoreply_per_sender_per_hour`` per recipient; a suppressed reply is an audit event.
+    """
+    now = now or utcnow()
+    automatic = actor == audit.SYSTEM
+    recipient = (to or case.requester_email).strip()
+    rendered = render_reply(session, case, key, settings, extra)
+    if subject is not None:
+        outbox.check_header("subject", subject)
+    final_subject = outbox.with_reference(subject, case.reference) if subject else rendered.subject
+    final_body = body if body is not None else rendered.body
+
+    suppressed = ""
+    if not recipient:
+        suppressed = "no recipient"
+    elif recipient.lower() == settings.mailbox_address.lower():
+        suppressed = "recipient is our own mailbox"
+    elif automatic and (case.flags or {}).get("auto_generated"):
+        suppressed = "the case's last message was auto-generated"
+    elif automatic and automatic_replies_last_hour(session, recipient, now) >= settings.autoreply_per_sender_per_hour:
+        suppressed = f"rate limit: {settings.autoreply_per_sender_per_hour} automatic replies per hour"
+    if suppressed:
+        audit.record(
+            session, action="reply.suppressed", actor=actor, actor_id=actor_id, case=case,
+            detail={"template": key, "to": recipient, "reason": suppressed},
+        )
+        return None
+
+    last = _last_inbound(session, case)
+    in_reply_to = last.message_id_header if last is not None else ""
+    references = [*(last.references or []), in_reply_to] if last is not None else []
+    row = outbox.enqueue(
+        session,
+        case=case,
+        mail_from=settings.mailbox_address,
+        to=[recipient],
+        subject=final_subject,
+        body=final_body,
+        mail_domain=settings.mail_domain,
+        template_key=key,
+        in_reply_to=in_reply_to,
+        references=references,
+        automatic=automatic,
+        hold_reason=hold_reason,
+        created_by=actor,
+        now=now,
+    )
+    audit.record(
+        session, action="reply.queued", actor=actor, actor_id=actor_id, case=case,
+        object_type="outbox", object_id=row.id,
+        detail={"template": key, "to": recipient, "subject": final_subject, "message_id": row.message_id_header,
+                "held": hold_reason or ""},
+    )
+    return row
