@@ -6,7 +6,7 @@ from typing import Any
 
 from flask.cli import FlaskGroup
 
-from tmsi.cli import db, listings
+from tmsi.cli import db, listings, mail
 
 
 def _create_app() -> Any:
@@ -23,3 +23,4 @@ main = FlaskGroup(
 )
 main.add_command(db.db)
 main.add_command(listings.listings)
+main.add_command(mail.mail)

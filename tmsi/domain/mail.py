@@ -1,0 +1,662 @@
+"""Parse raw RFC 822 bytes into a :class:`ParsedMessage`: decoded headers, text for extraction, attachments.
+
+Pure: bytes in, values out. Tolerant of what real mailboxes hold (wrong or missing charsets, raw 8-bit
+headers, broken MIME); only mail that has no usable structure at all raises :class:`MailParseError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import hashlib
+import quopri
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from email import policy
+from email.message import Message
+from email.parser import BytesParser, HeaderParser
+from email.utils import getaddresses, parsedate_to_datetime
+from html.parser import HTMLParser
+
+DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+# Text attachments are scanned for addresses up to this size; beyond it only the head is read.
+MAX_SCANNED_TEXT_BYTES = 2 * 1024 * 1024
+TEXT_ATTACHMENT_SUFFIXES = (".txt", ".csv", ".tsv", ".log", ".text", ".lst")
+TEXT_ATTACHMENT_TYPES = frozenset({"text/plain", "text/csv", "text/tab-separated-values", "text/x-csv"})
+
+# Headers a relay adds on each delivery; the rest of the message is what the sender wrote.
+STABLE_HEADERS = ("from", "sender", "to", "cc", "subject", "date", "message-id", "in-reply-to", "references")
+
+# Declared charsets mapped to the superset that real mailers actually mean by them.
+CHARSET_SUPERSETS = {
+    "gb2312": "gb18030",
+    "gbk": "gb18030",
+    "x-gbk": "gb18030",
+    "euc-cn": "gb18030",
+    "cp936": "gb18030",
+    "big5": "big5hkscs",
+    "x-big5": "big5hkscs",
+    "iso-2022-jp": "iso2022_jp_2",
+    "shift_jis": "cp932",
+    "shift-jis": "cp932",
+    "sjis": "cp932",
+    "x-sjis": "cp932",
+    "euc-kr": "cp949",
+    "ks_c_5601-1987": "cp949",
+    "iso-8859-1": "cp1252",
+    "latin1": "cp1252",
+    "latin-1": "cp1252",
+    "us-ascii": "cp1252",
+    "ascii": "cp1252",
+    "iso-8859-9": "cp1254",
+    "tis-620": "cp874",
+    "utf8": "utf-8",
+    "unicode-1-1-utf-7": "utf-7",
+}
+# Single-byte charsets accept every byte, so a wrong declaration never fails to decode: valid UTF-8
+# with non-ASCII bytes is then the better reading (accidental valid UTF-8 in these is very rare).
+SINGLE_BYTE_PREFIXES = ("iso-8859", "iso8859", "windows-125", "cp125", "koi8", "latin", "us-ascii", "ascii")
+LAST_RESORT_CHARSETS = ("utf-8", "gb18030", "big5hkscs", "cp1252")
+
+
+class MailParseError(ValueError):
+    """Mail with no usable structure; ``reason`` is stored with the quarantined raw message."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class Attachment:
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+    scanned: bool
+
+
+@dataclass
+class ParsedMessage:
+    """A received message as values. Message-IDs keep their angle brackets (``<id@host>``)."""
+
+    message_id: str
+    subject: str
+    from_addr: str
+    from_name: str
+    to_addrs: list[str]
+    reply_to: str
+    date: datetime | None
+    in_reply_to: str
+    references: list[str]
+    headers: list[tuple[str, str]]
+    text: str
+    html: str
+    attachments: list[Attachment]
+    content_hash: str
+    defects: list[str]
+    auto_submitted: str
+    cc_addrs: list[str] = field(default_factory=list)
+    return_path: str | None = None  # None: no Return-Path header; "": null sender (<>)
+    content_type: str = "text/plain"
+    report_type: str = ""  # multipart/report; report-type=...
+    # per-recipient DSN fields (lower-case names)
+    delivery_status: list[dict[str, str]] = field(default_factory=list)
+    returned_headers: list[tuple[str, str]] = field(default_factory=list)  # headers of a bounced message
+    stable_hash: str = ""  # sha256 of the content without per-delivery trace headers
+    raw_size: int = 0
+
+    def header(self, name: str) -> str:
+        """First value of header ``name`` (case-insensitive), decoded; "" when absent."""
+        wanted = name.lower()
+        return next((value for key, value in self.headers if key.lower() == wanted), "")
+
+    def header_all(self, name: str) -> list[str]:
+        wanted = name.lower()
+        return [value for key, value in self.headers if key.lower() == wanted]
+
+    @property
+    def extraction_text(self) -> str:
+        """Subject and body: what extraction reads (requests often name the IP only in the subject)."""
+        return f"{self.subject}\n{self.text}"
+
+
+# --------------------------------------------------------------------------------------------------
+# charsets
+
+
+def _lookup_codec(name: str) -> str | None:
+    try:
+        return codecs.lookup(name).name
+    except (LookupError, ValueError):
+        return None
+
+
+def _is_ascii(data: bytes) -> bool:
+    return data.isascii()
+
+
+def _valid_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _detect(data: bytes) -> str | None:
+    """charset-normalizer's best guess over the first 64 KiB, or None."""
+    try:
+        from charset_normalizer import from_bytes
+    except ImportError:  # pragma: no cover - it is a declared dependency
+        return None
+    best = from_bytes(data[: 64 * 1024]).best()
+    return best.encoding if best is not None else None
+
+
+def decode_bytes(data: bytes, declared: str | None = None) -> tuple[str, str]:
+    """Decode ``data`` as text: the declared charset (or its superset), else detection, else fallbacks.
+
+    Returns ``(text, charset_used)``; never raises (the last resort replaces undecodable bytes).
+    """
+    if not data:
+        return "", (declared or "us-ascii").lower()
+    label = (declared or "").strip().strip("\"'").lower()
+    if _is_ascii(data) and not label.startswith(("utf-16", "utf-32", "utf-7", "iso-2022", "hz")):
+        return data.decode("ascii"), "us-ascii"
+    if label:
+        codec = _lookup_codec(CHARSET_SUPERSETS.get(label, label))
+        if codec is not None:
+            single_byte = label.startswith(SINGLE_BYTE_PREFIXES)
+            if single_byte and _valid_utf8(data):
+                return data.decode("utf-8"), "utf-8"
+            try:
+                return data.decode(codec), codec
+            except (UnicodeDecodeError, LookupError):
+                # The superset may still fail where the literal declaration succeeds.
+                original = _lookup_codec(label)
+                if original and original != codec:
+                    try:
+                        return data.decode(original), original
+                    except UnicodeDecodeError:
+                        pass
+    if _valid_utf8(data):
+        return data.decode("utf-8"), "utf-8"
+    guessed = _detect(data)
+    if guessed:
+        codec = _lookup_codec(CHARSET_SUPERSETS.get(guessed.lower(), guessed))
+        if codec:
+            try:
+                return data.decode(codec), codec
+            except UnicodeDecodeError:
+                pass
+    for fallback in LAST_RESORT_CHARSETS[:-1]:
+        try:
+            return data.decode(fallback), fallback
+        except UnicodeDecodeError:
+            continue
+    return data.decode("cp1252", errors="replace"), "cp1252"
+
+
+# --------------------------------------------------------------------------------------------------
+# headers
+
+ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
+FOLDING = re.compile(r"\r?\n[ \t]*")
+
+
+def _decode_encoded_word(encoding: str, payload: str) -> bytes:
+    if encoding in "bB":
+        cleaned = re.sub(r"[^A-Za-z0-9+/]", "", payload)
+        cleaned += "=" * (-len(cleaned) % 4)
+        try:
+            return base64.b64decode(cleaned)
+        except (binascii.Error, ValueError):
+            return payload.encode("ascii", "replace")
+    return quopri.decodestring(payload.replace("_", " ").encode("ascii", "replace"), header=False)
+
+
+def decode_header_value(value: str, fallback_charset: str | None = None) -> str:
+    """Unfold and decode one raw header value: RFC 2047 words (adjacent words of one charset are joined
+    before decoding, since CJK mailers split characters across them) and raw 8-bit bytes."""
+    value = FOLDING.sub(" ", value).strip()
+    if any("\udc80" <= ch <= "\udcff" for ch in value):
+        raw = value.encode("ascii", "surrogateescape")
+        value = decode_bytes(raw, fallback_charset)[0]
+    if "=?" not in value:
+        return value
+    out: list[str] = []
+    pos = 0
+    pending: list[bytes] = []
+    pending_charset = ""
+
+    def flush() -> None:
+        nonlocal pending, pending_charset
+        if pending:
+            out.append(decode_bytes(b"".join(pending), pending_charset)[0])
+        pending = []
+        pending_charset = ""
+
+    for match in ENCODED_WORD.finditer(value):
+        between = value[pos : match.start()]
+        charset = match.group(1).split("*", 1)[0]  # RFC 2231 language suffix
+        if between and not (pending and between.isspace()):
+            flush()
+            out.append(between)
+        elif pending and charset.lower() != pending_charset.lower():
+            flush()
+        pending.append(_decode_encoded_word(match.group(2), match.group(3)))
+        pending_charset = charset
+        pos = match.end()
+    flush()
+    out.append(value[pos:])
+    return "".join(out)
+
+
+def _header_charset(message: Message) -> str | None:
+    """A charset hint for raw 8-bit headers: the first declared body charset."""
+    for part in message.walk():
+        charset = part.get_param("charset")
+        if isinstance(charset, str) and charset:
+            return charset
+    return None
+
+
+def _raw_headers(message: Message) -> list[tuple[str, str]]:
+    # raw_items() gives the values as received, before the policy builds header objects (which can
+    # raise on some malformed address headers and mis-decode undeclared 8-bit bytes).
+    return [(str(name), str(value)) for name, value in message.raw_items()]
+
+
+MSGID = re.compile(r"<([^<>\s]+)>")
+
+
+def normalize_message_id(value: str) -> str:
+    """``<id@host>`` from a header value (first id only); a bare id gets its angle brackets back."""
+    match = MSGID.search(value)
+    if match:
+        return f"<{match.group(1)}>"
+    bare = value.strip().split()
+    return f"<{bare[0].strip('<>')}>" if bare and bare[0].strip("<>") else ""
+
+
+def message_ids(value: str) -> list[str]:
+    """Every Message-ID in a References/In-Reply-To value, in order, without duplicates."""
+    found = [f"<{m}>" for m in MSGID.findall(value)]
+    if not found and value.strip():
+        found = [f"<{token.strip('<>,')}>" for token in value.split() if token.strip("<>,")]
+    return list(dict.fromkeys(found))
+
+
+def _addresses(values: list[str], charset: str | None) -> list[tuple[str, str]]:
+    """(decoded display name, lower-case address) pairs from raw address header values."""
+    result = []
+    try:
+        pairs = getaddresses([FOLDING.sub(" ", v) for v in values])
+    except (ValueError, IndexError, TypeError):
+        pairs = []
+    for name, addr in pairs:
+        addr = addr.strip().strip("<>").strip()
+        if any("\udc80" <= ch <= "\udcff" for ch in addr):
+            addr = decode_bytes(addr.encode("ascii", "surrogateescape"), charset)[0]
+        if not addr and not name:
+            continue
+        result.append((decode_header_value(name, charset).strip().strip('"').strip(), addr.lower()))
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# HTML
+
+
+class _TextExtractor(HTMLParser):
+    """HTML to plain text for address extraction: text content only, blocks on their own lines.
+
+    html2text would emit Markdown and escape ``*`` and ``-`` (breaking ``203.0.113.*`` and ranges).
+    """
+
+    BLOCK = frozenset(
+        {"address", "article", "aside", "blockquote", "br", "dd", "div", "dl", "dt", "footer", "form"}
+        | {"h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "li", "main", "nav", "ol", "p", "pre"}
+        | {"section", "table", "tbody", "thead", "tfoot", "tr", "ul"}
+    )
+    CELL = frozenset({"td", "th"})
+    SKIP = frozenset({"script", "style", "head", "title", "template", "noscript"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.skip_depth = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self.SKIP:
+            self.skip_depth += 1
+        elif tag in self.BLOCK:
+            self.parts.append("\n")
+        elif tag in self.CELL:
+            self.parts.append("\t")
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self.BLOCK:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.SKIP:
+            self.skip_depth = max(0, self.skip_depth - 1)
+        elif tag in self.BLOCK:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self.skip_depth:
+            self.parts.append(data)
+
+
+def html_to_text(html: str) -> str:
+    parser = _TextExtractor()
+    try:
+        parser.feed(html)
+        parser.close()
+    except (AssertionError, ValueError):  # pragma: no cover - html.parser is very lenient
+        return re.sub(r"<[^>]*>", " ", html)
+    text = "".join(parser.parts).replace("\xa0", " ")
+    lines = [re.sub(r"[ \t\r\f\v]+", " ", line).strip() for line in text.split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------------------------------
+# body walk
+
+
+def _safe_content_type(part: Message) -> str:
+    try:
+        return part.get_content_type()
+    except Exception:  # malformed Content-Type header objects
+        return "text/plain"
+
+
+def _safe_filename(part: Message, charset: str | None) -> str:
+    try:
+        name = part.get_filename() or ""
+    except Exception:
+        name = ""
+    return decode_header_value(str(name), charset) if name else ""
+
+
+def _payload_bytes(part: Message) -> bytes:
+    try:
+        payload = part.get_payload(decode=True)
+    except Exception:
+        payload = None
+    if isinstance(payload, bytes):
+        return payload
+    raw = part.get_payload()
+    if isinstance(raw, str):
+        return raw.encode("ascii", "surrogateescape")
+    return b""
+
+
+def _is_attachment(part: Message, filename: str) -> bool:
+    try:
+        disposition = part.get_content_disposition()
+    except Exception:
+        disposition = None
+    return disposition == "attachment" or (bool(filename) and disposition != "inline")
+
+
+def _header_block_fields(block: Message) -> dict[str, str]:
+    return {str(k).lower(): decode_header_value(str(v)) for k, v in block.raw_items()}
+
+
+@dataclass
+class _Walk:
+    text_parts: list[str] = field(default_factory=list)
+    html: str = ""
+    attachments: list[Attachment] = field(default_factory=list)
+    defects: list[str] = field(default_factory=list)
+    delivery_status: list[dict[str, str]] = field(default_factory=list)
+    returned_headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _walk(message: Message, state: _Walk, charset_hint: str | None, in_report: bool, depth: int) -> None:
+    if depth > 30:
+        state.defects.append("MIME nesting deeper than 30 levels; rest not read")
+        return
+    state.defects.extend(type(d).__name__ for d in getattr(message, "defects", []))
+    ctype = _safe_content_type(message)
+    if message.is_multipart():
+        sub_report = in_report or ctype == "multipart/report"
+        payload = message.get_payload()
+        if ctype == "message/rfc822" and isinstance(payload, list):
+            for nested in payload:
+                if not isinstance(nested, Message):
+                    continue
+                if in_report and not state.returned_headers:
+                    state.returned_headers = _raw_headers(nested)
+                nested_charset = _header_charset(nested) or charset_hint
+                subject = nested.get("subject")
+                if subject is not None:
+                    state.text_parts.append("Subject: " + decode_header_value(str(subject), nested_charset))
+                _walk(nested, state, nested_charset, False, depth + 1)
+            return
+        if ctype == "message/delivery-status" and isinstance(payload, list):
+            blocks = [block for block in payload if isinstance(block, Message)]
+            for block in blocks[1:]:  # the first block describes the message, the rest each recipient
+                state.delivery_status.append(_header_block_fields(block))
+            if blocks:
+                envid = _header_block_fields(blocks[0]).get("original-envelope-id")
+                if envid:
+                    for entry in state.delivery_status or [{}]:
+                        entry.setdefault("original-envelope-id", envid)
+                    if not state.delivery_status:
+                        state.delivery_status.append({"original-envelope-id": envid})
+            return
+        if isinstance(payload, list):
+            for sub in payload:
+                if isinstance(sub, Message):
+                    _walk(sub, state, charset_hint, sub_report, depth + 1)
+        return
+
+    filename = _safe_filename(message, charset_hint)
+    attachment = _is_attachment(message, filename)
+    declared = message.get_param("charset")
+    declared = declared if isinstance(declared, str) else None
+    data = _payload_bytes(message)
+
+    if ctype == "text/rfc822-headers" or (in_report and ctype == "message/rfc822"):
+        headers = HeaderParser(policy=policy.compat32).parsestr(decode_bytes(data, declared)[0])
+        if not state.returned_headers:
+            state.returned_headers = [(k, decode_header_value(str(v))) for k, v in headers.items()]
+        return
+    if ctype == "message/delivery-status":
+        # Unparsed (e.g. base64-encoded) delivery-status: read its blocks ourselves.
+        texts = re.split(r"\r?\n\s*\r?\n", decode_bytes(data, declared)[0])
+        parsed = [HeaderParser(policy=policy.compat32).parsestr(t) for t in texts if t.strip()]
+        if parsed:
+            first = _header_block_fields(parsed[0])
+            for block in parsed[1:] or parsed:
+                entry = _header_block_fields(block)
+                if "original-envelope-id" in first:
+                    entry.setdefault("original-envelope-id", first["original-envelope-id"])
+                state.delivery_status.append(entry)
+        return
+
+    is_text_attachment = ctype in TEXT_ATTACHMENT_TYPES or filename.lower().endswith(TEXT_ATTACHMENT_SUFFIXES)
+    if attachment:
+        scanned = is_text_attachment
+        state.attachments.append(
+            Attachment(
+                filename=filename,
+                content_type=ctype,
+                size=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+                scanned=scanned,
+            )
+        )
+        if scanned:
+            if len(data) > MAX_SCANNED_TEXT_BYTES:
+                state.defects.append(f"attachment {filename!r} scanned only in its first 2 MiB")
+            state.text_parts.append(decode_bytes(data[:MAX_SCANNED_TEXT_BYTES], declared)[0])
+        return
+    if ctype == "text/html":
+        if declared is None:
+            meta = META_CHARSET.search(data[:4096])
+            declared = meta.group(1).decode("ascii") if meta else None
+        html = decode_bytes(data, declared)[0]
+        if not state.html:
+            state.html = html
+        state.text_parts.append(html_to_text(html))
+        return
+    if ctype.startswith("text/") or ctype == "message/rfc822":
+        state.text_parts.append(decode_bytes(data, declared)[0])
+        return
+    # Any other inline binary part: recorded like an attachment, never decoded as text.
+    state.attachments.append(
+        Attachment(
+            filename=filename,
+            content_type=ctype,
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            scanned=False,
+        )
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# entry points
+
+HEADER_LINE = re.compile(rb"^[!-9;-~]+[ \t]*:")
+
+
+def _split_raw(raw: bytes) -> tuple[bytes, bytes]:
+    match = re.search(rb"\r?\n\r?\n", raw)
+    if match is None:
+        return raw, b""
+    return raw[: match.start()], raw[match.end() :]
+
+
+def _stable_hash(raw: bytes) -> str:
+    """sha256 over the sender-written headers and the body, line endings normalized."""
+    head, body = _split_raw(raw)
+    head = re.sub(rb"\r?\n[ \t]+", b" ", head)
+    kept = []
+    for line in head.splitlines():
+        name, _, value = line.partition(b":")
+        if name.strip().lower().decode("ascii", "replace") in STABLE_HEADERS:
+            kept.append(name.strip().lower() + b":" + b" ".join(value.split()))
+    body = b"\n".join(line.rstrip() for line in body.splitlines()).rstrip()
+    digest = hashlib.sha256()
+    digest.update(b"\n".join(sorted(kept)))
+    digest.update(b"\n\n")
+    digest.update(body)
+    return digest.hexdigest()
+
+
+def parse_message(raw: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ParsedMessage:
+    """Parse one message; raise :class:`MailParseError` when it has no usable structure."""
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        raise MailParseError(f"expected bytes, got {type(raw).__name__}")
+    raw = bytes(raw)
+    if len(raw) > max_bytes:
+        raise MailParseError(f"message is {len(raw)} bytes, larger than the {max_bytes}-byte limit")
+    if not raw.strip():
+        raise MailParseError("empty message")
+    stripped = raw.lstrip()
+    if stripped.startswith(b"From ") and b"\n" in stripped:  # mbox "From " line before the headers
+        stripped = stripped.split(b"\n", 1)[1]
+    if not HEADER_LINE.match(stripped):
+        raise MailParseError("no header block: the message does not start with a header field")
+    if b"\x00" in raw[:8192] and raw[:8192].count(b"\x00") > 16:
+        raise MailParseError("binary data, not a mail message (NUL bytes in the header block)")
+
+    try:
+        message = BytesParser(policy=policy.default).parsebytes(stripped)
+    except Exception as exc:  # the parser is lenient; anything raised here is a parser bug on garbage
+        raise MailParseError(f"MIME parser failed: {type(exc).__name__}: {exc}") from None
+
+    raw_headers = _raw_headers(message)
+    if not raw_headers:
+        raise MailParseError("no header fields found")
+    charset_hint = _header_charset(message)
+    headers = [(name, decode_header_value(value, charset_hint)) for name, value in raw_headers]
+
+    def raw_all(name: str) -> list[str]:
+        wanted = name.lower()
+        return [value for key, value in raw_headers if key.lower() == wanted]
+
+    def first(name: str) -> str:
+        wanted = name.lower()
+        return next((value for key, value in headers if key.lower() == wanted), "")
+
+    from_pairs = _addresses(raw_all("from"), charset_hint)
+    from_name, from_addr = from_pairs[0] if from_pairs else ("", "")
+    reply_to_pairs = _addresses(raw_all("reply-to"), charset_hint)
+    return_path_values = raw_all("return-path")
+    return_path: str | None = None
+    if return_path_values:
+        return_path = return_path_values[0].strip().strip("<>").strip().lower()
+
+    date: datetime | None = None
+    if first("date"):
+        try:
+            date = parsedate_to_datetime(first("date"))
+        except (TypeError, ValueError, IndexError):
+            date = None
+
+    state = _Walk()
+    try:
+        _walk(message, state, charset_hint, False, 0)
+    except RecursionError:
+        state.defects.append("MIME structure too deep")
+
+    content_type = _safe_content_type(message)
+    report_type = ""
+    if content_type == "multipart/report":
+        value = message.get_param("report-type")
+        report_type = value.lower() if isinstance(value, str) else ""
+
+    references = message_ids(" ".join(first_value for first_value in [first("references")] if first_value))
+    auto_submitted = first("auto-submitted").split(";")[0].strip().lower()
+    return ParsedMessage(
+        message_id=normalize_message_id(first("message-id")),
+        subject=first("subject"),
+        from_addr=from_addr,
+        from_name=from_name,
+        to_addrs=[addr for _, addr in _addresses(raw_all("to"), charset_hint) if addr],
+        cc_addrs=[addr for _, addr in _addresses(raw_all("cc"), charset_hint) if addr],
+        reply_to=reply_to_pairs[0][1] if reply_to_pairs else "",
+        date=date,
+        in_reply_to=normalize_message_id(first("in-reply-to")),
+        references=references,
+        headers=headers,
+        text="\n\n".join(part.strip("\n") for part in state.text_parts if part.strip()),
+        html=state.html,
+        attachments=state.attachments,
+        content_hash=hashlib.sha256(raw).hexdigest(),
+        defects=list(dict.fromkeys(state.defects)),
+        auto_submitted=auto_submitted,
+        return_path=return_path,
+        content_type=content_type,
+        report_type=report_type,
+        delivery_status=state.delivery_status,
+        returned_headers=state.returned_headers,
+        stable_hash=_stable_hash(stripped),
+        raw_size=len(raw),
+    )
+
+
+def dedupe_key(parsed: ParsedMessage) -> str:
+    """Message-ID plus the redelivery-stable content hash (at most 255 characters).
+
+    Without a Message-ID the raw hash is the key: nothing else identifies such a message.
+    """
+    if not parsed.message_id:
+        return f"raw:{parsed.content_hash}"
+    mid = parsed.message_id
+    if len(mid) > 180:
+        mid = "sha256:" + hashlib.sha256(mid.encode("utf-8", "surrogateescape")).hexdigest()
+    return f"{mid}|{parsed.stable_hash}"
