@@ -70,8 +70,12 @@ def supernet_keys(network: IPNetwork) -> list[tuple[int, bytes]]:
     CIDRs either nest or are disjoint, so a listing overlaps ``network`` exactly when it is one of these
     supernets or starts inside ``network``: two index look-ups, never a scan.
     """
+    width = network.max_prefixlen
+    nbytes = width // 8
+    value = int(network.network_address)
+    full = (1 << width) - 1
     return [
-        (plen, network.supernet(new_prefix=plen).network_address.packed)
+        (plen, (value & (full ^ ((1 << (width - plen)) - 1))).to_bytes(nbytes, "big"))
         for plen in range(network.prefixlen + 1)
     ]
 

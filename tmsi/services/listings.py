@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, insert, or_, select, tuple_, update
+from sqlalchemy import bindparam, insert, select, union_all, update
 from sqlalchemy.orm import Session
 
 from tmsi.db import utcnow
@@ -23,25 +23,51 @@ from tmsi.models import Coverage, Listing, ListingEvent, ListingEventKind
 IMPORT_CHUNK = 20_000
 
 
-def overlapping_query(network: IPNetwork, *, active_only: bool = True) -> Any:
-    """SELECT of every listing that covers or overlaps ``network``."""
+def overlapping_queries(network: IPNetwork, *, active_only: bool = True) -> list[Any]:
+    """The two index-friendly SELECTs whose union is every listing covering or overlapping ``network``.
+
+    1. listings starting inside ``network`` (a range scan on ``(version, start_key)``);
+    2. listings starting at one of the supernet boundaries of ``network`` and reaching its end
+       (at most 33/129 exact key probes).
+    Kept as two statements: an OR of both defeats the index on SQLite.
+    """
     version, start, end = network_keys(network)
-    supers = supernet_keys(network)
-    cond = and_(
-        Listing.version == version,
-        or_(
-            Listing.start_key.between(start, end),
-            tuple_(Listing.prefixlen, Listing.start_key).in_(supers),
-        ),
+    keys = sorted({key for _plen, key in supernet_keys(network)})
+    inside = select(Listing).where(Listing.version == version, Listing.start_key.between(start, end))
+    covering = select(Listing).where(
+        Listing.version == version, Listing.start_key.in_(keys), Listing.end_key >= end
     )
-    stmt = select(Listing).where(cond)
     if active_only:
-        stmt = stmt.where(Listing.active.is_(True))
-    return stmt.order_by(Listing.start_key, Listing.prefixlen)
+        inside = inside.where(Listing.active.is_(True))
+        covering = covering.where(Listing.active.is_(True))
+    return [inside, covering]
+
+
+def _build_overlap_statement(active_only: bool) -> Any:
+    version, start, end = bindparam("version"), bindparam("start"), bindparam("end")
+    keys = bindparam("keys", expanding=True)
+    inside = select(Listing).where(Listing.version == version, Listing.start_key.between(start, end))
+    covering = select(Listing).where(Listing.version == version, Listing.start_key.in_(keys), Listing.end_key >= end)
+    if active_only:
+        inside = inside.where(Listing.active.is_(True))
+        covering = covering.where(Listing.active.is_(True))
+    return select(Listing).from_statement(union_all(inside, covering))
+
+
+# Built once: the hot look-up path only binds values (no statement construction per call).
+_OVERLAP = {flag: _build_overlap_statement(flag) for flag in (True, False)}
 
 
 def find_overlapping(session: Session, network: IPNetwork, *, active_only: bool = True) -> list[Listing]:
-    return list(session.scalars(overlapping_query(network, active_only=active_only)))
+    version, start, end = network_keys(network)
+    params = {
+        "version": version,
+        "start": start,
+        "end": end,
+        "keys": sorted({key for _plen, key in supernet_keys(network)}),
+    }
+    found = {listing.id: listing for listing in session.scalars(_OVERLAP[active_only], params)}
+    return sorted(found.values(), key=lambda item: (item.start_key, item.prefixlen))
 
 
 def coverage_of(network: IPNetwork, listings: Sequence[Listing]) -> Coverage:
@@ -156,15 +182,20 @@ def _existing_for_chunk(session: Session, chunk: Sequence[Entry]) -> list[tuple[
         lo = nets[0].network_address.packed
         hi = max(n.broadcast_address.packed for n in nets)
         first_host = ipaddress.ip_network(nets[0].network_address)
-        stmt = select(Listing.id, Listing.version, Listing.prefixlen, Listing.start_key, Listing.end_key).where(
-            Listing.active.is_(True),
-            Listing.version == version,
-            or_(
-                Listing.start_key.between(lo, hi),
-                tuple_(Listing.prefixlen, Listing.start_key).in_(supernet_keys(first_host)),
-            ),
+        cols = (Listing.id, Listing.version, Listing.prefixlen, Listing.start_key, Listing.end_key)
+        inside = select(*cols).where(
+            Listing.active.is_(True), Listing.version == version, Listing.start_key.between(lo, hi)
         )
-        rows.extend((r[0], r[1], r[2], r[3], r[4]) for r in session.execute(stmt))
+        keys = sorted({key for _plen, key in supernet_keys(first_host)})
+        covering = select(*cols).where(
+            Listing.active.is_(True), Listing.version == version, Listing.start_key.in_(keys)
+        )
+        seen: set[int] = set()
+        for stmt in (inside, covering):
+            for r in session.execute(stmt):
+                if r[0] not in seen:
+                    seen.add(r[0])
+                    rows.append((r[0], r[1], r[2], r[3], r[4]))
     return rows
 
 
@@ -236,5 +267,31 @@ def _import_chunk(
         )
         report.superseded += len(ids)
     if rows:
-        session.execute(insert(Listing), rows)
+        _bulk_insert_listings(session, rows)
         report.added += len(rows)
+
+
+_COPY_COLUMNS = (
+    "network", "version", "prefixlen", "start_key", "end_key", "reason", "listed_at", "source", "evidence",
+    "active", "created_at",
+)
+
+
+def _bulk_insert_listings(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Insert many listings: COPY on PostgreSQL (the fastest path), executemany elsewhere."""
+    conn = session.connection()
+    if conn.dialect.name != "postgresql":
+        conn.execute(Listing.__table__.insert(), rows)
+        return
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    with dbapi.cursor() as cur, cur.copy(  # type: ignore[attr-defined]
+        f"COPY listings ({', '.join(_COPY_COLUMNS)}) FROM STDIN"
+    ) as copy:
+        for row in rows:
+            copy.write_row(
+                (
+                    row["network"], row["version"], row["prefixlen"], row["start_key"], row["end_key"],
+                    row["reason"], row["listed_at"], row["source"], "{}", row["active"], row["created_at"],
+                )
+            )
