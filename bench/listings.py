@@ -37,7 +37,7 @@ def synthetic_networks(count: int, v6_count: int, seed: int = 7) -> list[IPNetwo
     blocks = rng.sample(range(1 << 20), count - v6_count)
     for block in blocks:
         plen = rng.choice((24, 25, 26, 27, 28, 29, 30, 31, 32, 32, 32, 32))
-        offset = rng.randrange(256 >> (plen - 24)) << (32 - plen) if plen > 24 else 0
+        offset = rng.randrange(1 << (plen - 24)) << (32 - plen)
         v4.append(ipaddress.IPv4Network((base + (block << 8) + offset, plen)))
     v6: list[IPNetwork] = []
     base6 = int(ipaddress.IPv6Address("2001:db8::"))
@@ -112,7 +112,9 @@ def main() -> None:
                 with admin.connect() as conn:
                     conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
                 admin.dispose()
-    print(f"\nListings store: {args.count:,} listings ({args.count // 10:,} IPv6), {args.lookups:,} look-ups\n")
+    print(
+        f"\nListings store: {args.count:,} listings ({args.count // 10:,} IPv6), {args.lookups:,} look-ups\n"
+    )
     print("| database | listings imported | import (s) | look-up median (ms) | look-up p99 (ms) | hit rate |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -30,7 +30,9 @@ def test_transition_is_checked_and_audited(session):
         cases.transition(session, case, CaseStatus.DELISTED)
     assert cases.reopen_on_message(session, case) is True
     assert case.status == CaseStatus.VERIFYING and case.closed_at is None
-    events = session.scalars(select(AuditEvent).where(AuditEvent.case_id == case.id).order_by(AuditEvent.id)).all()
+    events = session.scalars(
+        select(AuditEvent).where(AuditEvent.case_id == case.id).order_by(AuditEvent.id)
+    ).all()
     assert [e.action for e in events] == ["case.opened", "case.status", "case.status", "case.status"]
     assert events[1].before == {"status": "new", "resolution": None}
     assert events[1].actor == "a@example.test" and events[1].detail == {"reason": "checking"}
@@ -60,8 +62,17 @@ def test_automatic_replies_are_rate_limited_and_never_to_auto_generated(session,
     other.flags = {"auto_generated": True}
     assert replies.queue_reply(session, other, "acknowledgement", settings) is None
     # An analyst's reply is not automatic and goes out regardless.
-    assert replies.queue_reply(session, other, "ask_information", settings, actor="a@example.test",
-                               extra={"question": "Which range?"}) is not None
+    assert (
+        replies.queue_reply(
+            session,
+            other,
+            "ask_information",
+            settings,
+            actor="a@example.test",
+            extra={"question": "Which range?"},
+        )
+        is not None
+    )
     reasons = session.scalars(select(AuditEvent.detail).where(AuditEvent.action == "reply.suppressed")).all()
     assert len(reasons) == 2
 
@@ -69,11 +80,25 @@ def test_automatic_replies_are_rate_limited_and_never_to_auto_generated(session,
 def test_header_injection_is_refused(session, settings):
     case = cases.open_case(session, subject="x", requester_email="noc@isp.example")
     with pytest.raises(HeaderInjection):
-        replies.queue_reply(session, case, "rejected", settings, actor="a@example.test", subject="hi\r\nBcc: x@example.test",
-                            extra={"reason": "no"})
+        replies.queue_reply(
+            session,
+            case,
+            "rejected",
+            settings,
+            actor="a@example.test",
+            subject="hi\r\nBcc: x@example.test",
+            extra={"reason": "no"},
+        )
     with pytest.raises(HeaderInjection):
-        replies.queue_reply(session, case, "rejected", settings, actor="a@example.test", to="a@example.test\nb",
-                            extra={"reason": "no"})
+        replies.queue_reply(
+            session,
+            case,
+            "rejected",
+            settings,
+            actor="a@example.test",
+            to="a@example.test\nb",
+            extra={"reason": "no"},
+        )
     assert session.scalars(select(OutboxMessage)).all() == []
 
 

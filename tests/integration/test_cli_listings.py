@@ -23,13 +23,19 @@ def run(database_url, factory, monkeypatch):
 
 def test_import_twice_changes_nothing(run, tmp_path):
     path = tmp_path / "dul.csv"
-    path.write_text("network,reason,listed_at\n203.0.113.0/24,generic,2026-01-01T00:00:00Z\n2001:db8:1::/48,pool,\n")
+    path.write_text(
+        "network,reason,listed_at\n203.0.113.0/24,generic,2026-01-01T00:00:00Z\n2001:db8:1::/48,pool,\n"
+    )
     first = run("listings", "import", str(path))
     assert first.exit_code == 0, first.output
     assert json.loads(first.output.strip().splitlines()[-1])["added"] == 2
     second = run("listings", "import", str(path))
     assert json.loads(second.output.strip().splitlines()[-1]) == {
-        "added": 0, "unchanged": 2, "covered": 0, "superseded": 0, "errors": 0,
+        "added": 0,
+        "unchanged": 2,
+        "covered": 0,
+        "superseded": 0,
+        "errors": 0,
     }
 
 

@@ -15,9 +15,13 @@ def entries(*nets: str) -> list[Entry]:
 
 
 def test_import_is_idempotent_and_handles_nesting(session):
-    first = import_entries(session, entries("203.0.113.0/24", "203.0.113.7", "198.51.100.0/25", "198.51.100.128/25"))
+    first = import_entries(
+        session, entries("203.0.113.0/24", "203.0.113.7", "198.51.100.0/25", "198.51.100.128/25")
+    )
     assert first.as_dict() == {"added": 3, "unchanged": 0, "covered": 1, "superseded": 0, "errors": 0}
-    again = import_entries(session, entries("203.0.113.0/24", "203.0.113.7", "198.51.100.0/25", "198.51.100.128/25"))
+    again = import_entries(
+        session, entries("203.0.113.0/24", "203.0.113.7", "198.51.100.0/25", "198.51.100.128/25")
+    )
     assert again.added == 0 and again.unchanged == 3 and again.covered == 1
     assert session.scalar(select(func.count()).select_from(Listing)) == 3
 
@@ -31,14 +35,18 @@ def test_wider_import_supersedes_narrower_listings(session):
 
 
 def test_overlap_lookup_finds_supernets_and_subnets_only(session):
-    import_entries(session, entries("203.0.113.0/24", "198.51.100.64/26", "198.51.100.200", "2001:db8:1::/48"))
+    import_entries(
+        session, entries("203.0.113.0/24", "198.51.100.64/26", "198.51.100.200", "2001:db8:1::/48")
+    )
     assert [x.network for x in find_overlapping(session, parse_network("203.0.113.7"))] == ["203.0.113.0/24"]
     assert [x.network for x in find_overlapping(session, parse_network("198.51.100.0/24"))] == [
         "198.51.100.64/26",
         "198.51.100.200/32",
     ]
     assert find_overlapping(session, parse_network("198.51.100.0/26")) == []
-    assert [x.network for x in find_overlapping(session, parse_network("2001:db8:1:2::/64"))] == ["2001:db8:1::/48"]
+    assert [x.network for x in find_overlapping(session, parse_network("2001:db8:1:2::/64"))] == [
+        "2001:db8:1::/48"
+    ]
     assert find_overlapping(session, parse_network("2001:db8:2::1")) == []
     result = lookup(session, parse_network("198.51.100.0/25"))
     assert result["coverage"] == "partly_listed"

@@ -2,7 +2,9 @@ from tmsi.domain.listfile import Entry, LineError, parse_listing_file
 
 
 def test_csv_with_header_reasons_and_times():
-    data = "network,reason,listed_at\n203.0.113.0/24,generic rDNS,2026-01-02T03:04:05Z\n2001:db8:1::/48,pool,\n"
+    data = (
+        "network,reason,listed_at\n203.0.113.0/24,generic rDNS,2026-01-02T03:04:05Z\n2001:db8:1::/48,pool,\n"
+    )
     items = list(parse_listing_file(data))
     assert all(isinstance(i, Entry) for i in items)
     assert [str(i.network) for i in items] == ["203.0.113.0/24", "2001:db8:1::/48"]  # type: ignore[union-attr]

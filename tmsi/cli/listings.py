@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import click
+from sqlalchemy.orm import Session, sessionmaker
 
 from tmsi.config import load_settings
 from tmsi.db import make_engine, make_sessionmaker, unit_of_work
@@ -15,7 +16,7 @@ from tmsi.domain.networks import NetworkError, parse_network
 from tmsi.services.listings import import_entries, lookup
 
 
-def _factory():  # type: ignore[no-untyped-def]
+def _factory() -> sessionmaker[Session]:
     return make_sessionmaker(make_engine(load_settings().database_url))
 
 
@@ -35,7 +36,10 @@ def import_cmd(file: Path, fmt: FileFormat | None, strict: bool, source: str) ->
     entries: list[Entry] = []
     errors: list[LineError] = []
     for item in parse_listing_file(text, fmt):
-        (errors if isinstance(item, LineError) else entries).append(item)  # type: ignore[arg-type]
+        if isinstance(item, LineError):
+            errors.append(item)
+        else:
+            entries.append(item)
     for err in errors:
         click.echo(f"{file}:{err.line}: {err.reason}: {err.text!r}", err=True)
     if errors and strict:

@@ -51,7 +51,7 @@ def range_to_cidrs(first: IPAddress, last: IPAddress) -> list[IPNetwork]:
         raise NetworkError(f"{first} and {last} are of different IP versions")
     if int(last) < int(first):
         raise NetworkError(f"range {first}-{last} ends before it starts")
-    return list(ipaddress.summarize_address_range(first, last))  # type: ignore[arg-type]
+    return list(ipaddress.summarize_address_range(first, last))
 
 
 def address_key(address: IPAddress) -> bytes:

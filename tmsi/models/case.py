@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from tmsi.db import Base, enum_column, intpk, ipkey, jsondict, str255, timestamp, timestamp_opt
 from tmsi.models.enums import CaseStatus, CheckResult, Coverage, Resolution, TargetStatus
+
+if TYPE_CHECKING:
+    from tmsi.models.listing import Listing
+    from tmsi.models.mail import Message
 
 
 class CaseCounter(Base):
@@ -31,9 +37,13 @@ class Case(Base):
     requester_name: Mapped[str255] = mapped_column(default="")
     requester_domain: Mapped[str255] = mapped_column(default="", index=True)
     assignee_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
-    authority_result: Mapped[CheckResult] = enum_column(CheckResult, "authority_result", default=CheckResult.PENDING)
+    authority_result: Mapped[CheckResult] = enum_column(
+        CheckResult, "authority_result", default=CheckResult.PENDING
+    )
     authority_evidence: Mapped[jsondict]
-    verification_result: Mapped[CheckResult] = enum_column(CheckResult, "verification_result", default=CheckResult.PENDING)
+    verification_result: Mapped[CheckResult] = enum_column(
+        CheckResult, "verification_result", default=CheckResult.PENDING
+    )
     flags: Mapped[jsondict]
     search_text: Mapped[str] = mapped_column(Text, default="")
     merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
@@ -52,7 +62,7 @@ class Case(Base):
     targets: Mapped[list[CaseTarget]] = relationship(
         back_populates="case", order_by="CaseTarget.id", cascade="all, delete-orphan"
     )
-    messages: Mapped[list[Message]] = relationship(back_populates="case", order_by="Message.id")  # noqa: F821
+    messages: Mapped[list[Message]] = relationship(back_populates="case", order_by="Message.id")
 
     def __repr__(self) -> str:
         return f"<Case {self.reference} {self.status}>"
@@ -78,9 +88,13 @@ class CaseTarget(Base):
     source_text: Mapped[str] = mapped_column(String(255), default="")
     oversized: Mapped[bool] = mapped_column(default=False)
     coverage: Mapped[Coverage] = enum_column(Coverage, "coverage", default=Coverage.NOT_LISTED)
-    status: Mapped[TargetStatus] = enum_column(TargetStatus, "status", default=TargetStatus.PENDING, index=True)
+    status: Mapped[TargetStatus] = enum_column(
+        TargetStatus, "status", default=TargetStatus.PENDING, index=True
+    )
     summary: Mapped[jsondict]
-    authority_result: Mapped[CheckResult] = enum_column(CheckResult, "authority_result", default=CheckResult.PENDING)
+    authority_result: Mapped[CheckResult] = enum_column(
+        CheckResult, "authority_result", default=CheckResult.PENDING
+    )
     authority_evidence: Mapped[jsondict]
     check_attempts: Mapped[int] = mapped_column(default=0)
     next_check_at: Mapped[timestamp_opt] = mapped_column(index=True)
@@ -107,7 +121,7 @@ class TargetListing(Base):
     relation: Mapped[str] = mapped_column(String(16), default="covers")
 
     target: Mapped[CaseTarget] = relationship(back_populates="listing_links")
-    listing: Mapped[Listing] = relationship()  # noqa: F821
+    listing: Mapped[Listing] = relationship()
 
 
 class CaseNote(Base):

@@ -16,7 +16,9 @@ class VerificationRun(Base):
 
     id: Mapped[intpk]
     case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), index=True)
-    target_id: Mapped[int | None] = mapped_column(ForeignKey("case_targets.id", ondelete="CASCADE"), index=True)
+    target_id: Mapped[int | None] = mapped_column(
+        ForeignKey("case_targets.id", ondelete="CASCADE"), index=True
+    )
     network: Mapped[str] = mapped_column(String(49))
     trigger: Mapped[str] = mapped_column(String(16), default="auto")
     status: Mapped[RunStatus] = enum_column(RunStatus, "status", default=RunStatus.PENDING, index=True)
@@ -40,8 +42,12 @@ class DnsCheck(Base):
     __table_args__ = (Index("ix_dns_checks_addr", "version", "address_key", "checked_at"),)
 
     id: Mapped[intpk]
-    run_id: Mapped[int | None] = mapped_column(ForeignKey("verification_runs.id", ondelete="CASCADE"), index=True)
-    target_id: Mapped[int | None] = mapped_column(ForeignKey("case_targets.id", ondelete="CASCADE"), index=True)
+    run_id: Mapped[int | None] = mapped_column(
+        ForeignKey("verification_runs.id", ondelete="CASCADE"), index=True
+    )
+    target_id: Mapped[int | None] = mapped_column(
+        ForeignKey("case_targets.id", ondelete="CASCADE"), index=True
+    )
     address: Mapped[str] = mapped_column(String(45))
     version: Mapped[int]
     address_key: Mapped[ipkey]

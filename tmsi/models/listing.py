@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import CheckConstraint, ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from tmsi.db import Base, intpk, ipkey, jsondict, str255, timestamp, timestamp_opt, enum_column
+from tmsi.db import Base, enum_column, intpk, ipkey, jsondict, str255, timestamp, timestamp_opt
 from tmsi.models.enums import ListingEventKind
 
 
@@ -116,4 +116,3 @@ class PolicySetting(Base):
     value: Mapped[jsondict]
     updated_at: Mapped[timestamp]
     updated_by: Mapped[str255] = mapped_column(default="system")
-

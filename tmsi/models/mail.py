@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, deferred, mapped_column, relationship
 
 from tmsi.db import Base, enum_column, intpk, jsondict, jsonlist, str255, timestamp, timestamp_opt
 from tmsi.models.enums import Direction, MessageKind, MessageStatus, OutboxStatus
+
+if TYPE_CHECKING:
+    from tmsi.models.case import Case
 
 
 class Message(Base):
@@ -19,7 +24,9 @@ class Message(Base):
     case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), index=True)
     direction: Mapped[Direction] = enum_column(Direction, "direction", default=Direction.IN)
     kind: Mapped[MessageKind | None] = enum_column(MessageKind, "kind", nullable=True)
-    status: Mapped[MessageStatus] = enum_column(MessageStatus, "status", default=MessageStatus.STORED, index=True)
+    status: Mapped[MessageStatus] = enum_column(
+        MessageStatus, "status", default=MessageStatus.STORED, index=True
+    )
     # Message-ID plus content hash: the same message delivered twice is one row.
     dedupe_key: Mapped[str] = mapped_column(String(255), unique=True)
     message_id_header: Mapped[str] = mapped_column(String(998), default="", index=True)
@@ -46,7 +53,7 @@ class Message(Base):
     received_at: Mapped[timestamp]
     processed_at: Mapped[timestamp_opt]
 
-    case: Mapped[Case | None] = relationship(back_populates="messages")  # noqa: F821
+    case: Mapped[Case | None] = relationship(back_populates="messages")
     deliveries: Mapped[list[MessageDelivery]] = relationship(back_populates="message")
 
 
@@ -102,7 +109,9 @@ class OutboxMessage(Base):
     automatic: Mapped[bool] = mapped_column(default=False)
     subject: Mapped[str] = mapped_column(String(998), default="")
     raw: Mapped[bytes] = deferred(mapped_column(LargeBinary))
-    status: Mapped[OutboxStatus] = enum_column(OutboxStatus, "status", default=OutboxStatus.PENDING, index=True)
+    status: Mapped[OutboxStatus] = enum_column(
+        OutboxStatus, "status", default=OutboxStatus.PENDING, index=True
+    )
     hold_reason: Mapped[str | None] = mapped_column(String(255))
     attempts: Mapped[int] = mapped_column(default=0)
     next_attempt_at: Mapped[timestamp_opt]

@@ -19,7 +19,9 @@ DECIDED_STATES = frozenset({S.DELISTED, S.REJECTED})
 # Which state may follow which (DOMAIN.md lifecycle, refined): decisions need an open case;
 # a closed case is reopened by a new message or an analyst; a decision can be revisited.
 ALLOWED: dict[CaseStatus, frozenset[CaseStatus]] = {
-    S.NEW: frozenset({S.VERIFYING, S.AWAITING_REQUESTER, S.READY_FOR_DECISION, S.DELISTED, S.REJECTED, S.CLOSED}),
+    S.NEW: frozenset(
+        {S.VERIFYING, S.AWAITING_REQUESTER, S.READY_FOR_DECISION, S.DELISTED, S.REJECTED, S.CLOSED}
+    ),
     S.VERIFYING: frozenset({S.AWAITING_REQUESTER, S.READY_FOR_DECISION, S.DELISTED, S.REJECTED, S.CLOSED}),
     S.AWAITING_REQUESTER: frozenset({S.VERIFYING, S.READY_FOR_DECISION, S.DELISTED, S.REJECTED, S.CLOSED}),
     S.READY_FOR_DECISION: frozenset({S.VERIFYING, S.AWAITING_REQUESTER, S.DELISTED, S.REJECTED, S.CLOSED}),

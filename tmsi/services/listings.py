@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from tmsi.db import utcnow
 from tmsi.domain.listfile import Entry
-from tmsi.domain.networks import IPNetwork, network_keys, supernet_keys
+from tmsi.domain.networks import IPNetwork, collapse, network_keys, supernet_keys
 from tmsi.models import Coverage, Listing, ListingEvent, ListingEventKind
 
 IMPORT_CHUNK = 20_000
@@ -44,10 +44,14 @@ def overlapping_queries(network: IPNetwork, *, active_only: bool = True) -> list
 
 
 def _build_overlap_statement(active_only: bool) -> Any:
-    version, start, end = bindparam("version"), bindparam("start"), bindparam("end")
-    keys = bindparam("keys", expanding=True)
+    version: Any = bindparam("version")
+    start: Any = bindparam("start")
+    end: Any = bindparam("end")
+    keys: Any = bindparam("keys", expanding=True)
     inside = select(Listing).where(Listing.version == version, Listing.start_key.between(start, end))
-    covering = select(Listing).where(Listing.version == version, Listing.start_key.in_(keys), Listing.end_key >= end)
+    covering = select(Listing).where(
+        Listing.version == version, Listing.start_key.in_(keys), Listing.end_key >= end
+    )
     if active_only:
         inside = inside.where(Listing.active.is_(True))
         covering = covering.where(Listing.active.is_(True))
@@ -77,9 +81,7 @@ def coverage_of(network: IPNetwork, listings: Sequence[Listing]) -> Coverage:
     nets = [ipaddress.ip_network(item.network) for item in listings]
     if any(network.subnet_of(n) for n in nets if n.version == network.version):  # type: ignore[arg-type]
         return Coverage.LISTED
-    inside = ipaddress.collapse_addresses(
-        [n for n in nets if n.version == network.version and n.subnet_of(network)]  # type: ignore[arg-type]
-    )
+    inside = collapse([n for n in nets if n.version == network.version and n.subnet_of(network)])  # type: ignore[arg-type]
     covered = sum(n.num_addresses for n in inside)
     return Coverage.LISTED if covered >= network.num_addresses else Coverage.PARTLY_LISTED
 
@@ -168,7 +170,9 @@ def import_entries(
     now = now or utcnow()
     kept = _dedupe_nested(entries, report)
     for offset in range(0, len(kept), IMPORT_CHUNK):
-        _import_chunk(session, kept[offset : offset + IMPORT_CHUNK], report, source, actor, default_reason, now)
+        _import_chunk(
+            session, kept[offset : offset + IMPORT_CHUNK], report, source, actor, default_reason, now
+        )
     return report
 
 
@@ -272,8 +276,17 @@ def _import_chunk(
 
 
 _COPY_COLUMNS = (
-    "network", "version", "prefixlen", "start_key", "end_key", "reason", "listed_at", "source", "evidence",
-    "active", "created_at",
+    "network",
+    "version",
+    "prefixlen",
+    "start_key",
+    "end_key",
+    "reason",
+    "listed_at",
+    "source",
+    "evidence",
+    "active",
+    "created_at",
 )
 
 
@@ -281,17 +294,23 @@ def _bulk_insert_listings(session: Session, rows: list[dict[str, Any]]) -> None:
     """Insert many listings: COPY on PostgreSQL (the fastest path), executemany elsewhere."""
     conn = session.connection()
     if conn.dialect.name != "postgresql":
-        conn.execute(Listing.__table__.insert(), rows)
+        conn.execute(insert(Listing), rows)
         return
-    dbapi = conn.connection.dbapi_connection
-    assert dbapi is not None
-    with dbapi.cursor() as cur, cur.copy(  # type: ignore[attr-defined]
-        f"COPY listings ({', '.join(_COPY_COLUMNS)}) FROM STDIN"
-    ) as copy:
+    dbapi: Any = conn.connection.dbapi_connection
+    with dbapi.cursor() as cur, cur.copy(f"COPY listings ({', '.join(_COPY_COLUMNS)}) FROM STDIN") as copy:
         for row in rows:
             copy.write_row(
                 (
-                    row["network"], row["version"], row["prefixlen"], row["start_key"], row["end_key"],
-                    row["reason"], row["listed_at"], row["source"], "{}", row["active"], row["created_at"],
+                    row["network"],
+                    row["version"],
+                    row["prefixlen"],
+                    row["start_key"],
+                    row["end_key"],
+                    row["reason"],
+                    row["listed_at"],
+                    row["source"],
+                    "{}",
+                    row["active"],
+                    row["created_at"],
                 )
             )

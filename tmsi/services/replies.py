@@ -45,7 +45,9 @@ def ensure_templates(session: Session) -> None:
     existing = set(session.scalars(select(ReplyTemplate.key)))
     for key, spec in default_templates().items():
         if key not in existing:
-            session.add(ReplyTemplate(key=key, title=spec["title"], subject=spec["subject"], body=spec["body"]))
+            session.add(
+                ReplyTemplate(key=key, title=spec["title"], subject=spec["subject"], body=spec["body"])
+            )
     session.flush()
 
 
@@ -114,15 +116,18 @@ def _last_inbound(session: Session, case: Case) -> Message | None:
 
 
 def automatic_replies_last_hour(session: Session, recipient: str, now: datetime) -> int:
-    return session.scalar(
-        select(func.count())
-        .select_from(OutboxMessage)
-        .where(
-            OutboxMessage.recipient == recipient.lower(),
-            OutboxMessage.automatic.is_(True),
-            OutboxMessage.created_at >= now - timedelta(hours=1),
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(OutboxMessage)
+            .where(
+                OutboxMessage.recipient == recipient.lower(),
+                OutboxMessage.automatic.is_(True),
+                OutboxMessage.created_at >= now - timedelta(hours=1),
+            )
         )
-    ) or 0
+        or 0
+    )
 
 
 def queue_reply(
@@ -161,11 +166,18 @@ def queue_reply(
         suppressed = "recipient is our own mailbox"
     elif automatic and (case.flags or {}).get("auto_generated"):
         suppressed = "the case's last message was auto-generated"
-    elif automatic and automatic_replies_last_hour(session, recipient, now) >= settings.autoreply_per_sender_per_hour:
+    elif (
+        automatic
+        and automatic_replies_last_hour(session, recipient, now) >= settings.autoreply_per_sender_per_hour
+    ):
         suppressed = f"rate limit: {settings.autoreply_per_sender_per_hour} automatic replies per hour"
     if suppressed:
         audit.record(
-            session, action="reply.suppressed", actor=actor, actor_id=actor_id, case=case,
+            session,
+            action="reply.suppressed",
+            actor=actor,
+            actor_id=actor_id,
+            case=case,
             detail={"template": key, "to": recipient, "reason": suppressed},
         )
         return None
@@ -190,9 +202,19 @@ def queue_reply(
         now=now,
     )
     audit.record(
-        session, action="reply.queued", actor=actor, actor_id=actor_id, case=case,
-        object_type="outbox", object_id=row.id,
-        detail={"template": key, "to": recipient, "subject": final_subject, "message_id": row.message_id_header,
-                "held": hold_reason or ""},
+        session,
+        action="reply.queued",
+        actor=actor,
+        actor_id=actor_id,
+        case=case,
+        object_type="outbox",
+        object_id=row.id,
+        detail={
+            "template": key,
+            "to": recipient,
+            "subject": final_subject,
+            "message_id": row.message_id_header,
+            "held": hold_reason or "",
+        },
     )
     return row
