@@ -36,10 +36,14 @@ class Settings(BaseSettings):
     )
 
     # --- core -------------------------------------------------------------------------------------
-    database_url: str = Field("sqlite:///instance/tmsi.db", description="SQLAlchemy URL; postgresql+psycopg://…")
+    database_url: str = Field(
+        "sqlite:///instance/tmsi.db", description="SQLAlchemy URL; postgresql+psycopg://…"
+    )
     secret_key: str = Field("dev-insecure-change-me", description="Flask session/CSRF signing key")
     environment: Literal["development", "production", "test"] = "development"
-    base_url: str = Field("http://127.0.0.1:8000", description="public URL of the web UI, used in mail and TXT")
+    base_url: str = Field(
+        "http://127.0.0.1:8000", description="public URL of the web UI, used in mail and TXT"
+    )
     log_level: str = "INFO"
     log_json: bool = False
     instance_path: Path = Path("instance")
@@ -74,13 +78,17 @@ class Settings(BaseSettings):
     smtp_password: str = ""
     smtp_tls: Literal["implicit", "starttls", "none"] = "none"
     smtp_timeout: float = 30.0
+    smtp_verify_tls: bool = Field(True, description="verify the SMTP server certificate (STARTTLS/implicit)")
+    smtp_ca_file: str = ""
     mail_domain: str = Field("example.test", description="domain of our Message-IDs")
     outbox_max_attempts: int = Field(12, ge=1)
 
     # --- DNS verification -------------------------------------------------------------------------
     resolver_kind: Literal["dns", "zonefile"] = "dns"
     resolvers: CommaList = Field(default_factory=lambda: ["127.0.0.1"], description="host or host:port")
-    resolver_zone_files: CommaList = Field(default_factory=list, description="zone files for resolver_kind=zonefile")
+    resolver_zone_files: CommaList = Field(
+        default_factory=list, description="zone files for resolver_kind=zonefile"
+    )
     dns_timeout: float = Field(2.0, gt=0)
     dns_retries: int = Field(2, ge=0)
     dns_max_in_flight: int = Field(150, ge=1)
@@ -98,6 +106,13 @@ class Settings(BaseSettings):
     rdap_base_urls: CommaList = Field(default_factory=list)
     rdap_timeout: float = 5.0
     rdap_cache_seconds: int = 86400
+    authority_own_hosts: CommaList = Field(
+        default_factory=list, description="host names of our MTAs/mail stores besides the authserv-ids"
+    )
+    authority_dns_cache_seconds: int = Field(
+        3600, ge=0, description="upper bound on cached DKIM/SPF/DMARC answers"
+    )
+    dkim_min_key_bits: int = Field(1024, ge=512)
 
     # --- propagation ------------------------------------------------------------------------------
     zone_dir: Path = Path("instance/zone")
@@ -115,7 +130,9 @@ class Settings(BaseSettings):
     session_idle_minutes: int = 60
     session_cookie_secure: bool = False
     poll_interval_seconds: int = 60
-    retention_days: int = Field(0, ge=0, description="purge raw mail of closed cases after N days; 0 keeps it")
+    retention_days: int = Field(
+        0, ge=0, description="purge raw mail of closed cases after N days; 0 keeps it"
+    )
     demo: bool = False
 
     @field_validator("own_networks", mode="before")
@@ -125,8 +142,14 @@ class Settings(BaseSettings):
         return [ipaddress.ip_network(item, strict=True) if isinstance(item, str) else item for item in items]
 
     @field_validator(
-        "authserv_ids", "resolvers", "resolver_zone_files", "reverify_schedule", "rdap_base_urls",
-        "dnsbl_nameservers", mode="before",
+        "authserv_ids",
+        "resolvers",
+        "resolver_zone_files",
+        "reverify_schedule",
+        "rdap_base_urls",
+        "dnsbl_nameservers",
+        "authority_own_hosts",
+        mode="before",
     )
     @classmethod
     def _parse_list(cls, value: Any) -> Any:

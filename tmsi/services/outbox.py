@@ -7,16 +7,27 @@ crash resends the identical message. Every outgoing mail is also a Message in th
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
+import logging
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, make_msgid
+from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
-from tmsi.db import utcnow
+from tmsi.adapters.mailer import Mailer, MailerError
+from tmsi.config import Settings
+from tmsi.db import unit_of_work, utcnow
 from tmsi.models import Case, Direction, Message, MessageKind, MessageStatus, OutboxMessage, OutboxStatus
+from tmsi.services import audit
+
+log = logging.getLogger(__name__)
 
 
 class HeaderInjection(ValueError):
@@ -31,7 +42,7 @@ def check_header(name: str, value: str) -> str:
 
 def _clean_address(value: str) -> str:
     value = check_header("address", value.strip())
-    if value.count("@") != 1 or any(ch.isspace() for ch in value) or any(ch in value for ch in "<>,;\""):
+    if value.count("@") != 1 or any(ch.isspace() for ch in value) or any(ch in value for ch in '<>,;"'):
         raise HeaderInjection(f"{value!r} is not a single plain e-mail address")
     return value
 
@@ -161,3 +172,174 @@ def enqueue(
         case.first_response_at = now
     session.flush()
     return row
+
+
+# --------------------------------------------------------------------------------------------------
+# sending: claim due rows under a lease, send the stored bytes, record the outcome
+
+
+@dataclass
+class SendReport:
+    claimed: int = 0
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    lost_claims: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+CLAIM_LEASE_SECONDS = 300.0
+BACKOFF_BASE_SECONDS = 60.0
+BACKOFF_MAX_SECONDS = 6 * 3600.0
+
+
+def backoff(attempts: int) -> timedelta:
+    """Delay before the next try after ``attempts`` failed ones: 1, 2, 4 … minutes, at most 6 hours."""
+    return timedelta(seconds=min(BACKOFF_BASE_SECONDS * 2 ** max(attempts - 1, 0), BACKOFF_MAX_SECONDS))
+
+
+def _claim(factory: sessionmaker[Session], worker: str, now: datetime, limit: int, lease: float) -> list[int]:
+    """Mark up to ``limit`` due rows SENDING for ``worker`` (one committed transaction).
+
+    Due: PENDING with ``next_attempt_at`` reached, or SENDING whose claim expired (its worker died,
+    perhaps after the SMTP server accepted the mail: the one resend the design allows, same bytes).
+    On PostgreSQL ``FOR UPDATE SKIP LOCKED`` lets workers claim disjoint rows; SQLite has one writer.
+    """
+    with unit_of_work(factory) as session:
+        stmt = (
+            select(OutboxMessage.id)
+            .where(
+                or_(
+                    and_(OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.next_attempt_at <= now),
+                    and_(OutboxMessage.status == OutboxStatus.SENDING, OutboxMessage.claimed_until < now),
+                )
+            )
+            .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
+            .limit(limit)
+        )
+        if session.get_bind().dialect.name == "postgresql":
+            stmt = stmt.with_for_update(skip_locked=True)
+        ids = list(session.scalars(stmt))
+        if ids:
+            session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id.in_(ids))
+                .values(
+                    status=OutboxStatus.SENDING,
+                    claimed_by=worker,
+                    claimed_until=now + timedelta(seconds=lease),
+                    attempts=OutboxMessage.attempts + 1,
+                )
+                .execution_options(synchronize_session=False)
+            )
+    return ids
+
+
+def send_due(
+    factory: sessionmaker[Session],
+    mailer: Mailer,
+    settings: Settings,
+    now: datetime | None = None,
+    worker_id: str | None = None,
+    *,
+    limit: int = 100,
+    lease_seconds: float = CLAIM_LEASE_SECONDS,
+) -> SendReport:
+    """Send the due outbox rows once: claim (commit), send the stored bytes, record the result (commit).
+
+    A crash after the claim leaves the row SENDING until its lease expires, then it is claimed again:
+    the only possible second send is of a message the SMTP server accepted just before the crash, and
+    it carries the same Message-ID. ``attempts`` counts claims, so a message that keeps crashing the
+    sender also ends FAILED after ``outbox_max_attempts``.
+    """
+    worker = (worker_id or f"{socket.gethostname()}:{os.getpid()}")[:64]
+    report = SendReport()
+    started = now or utcnow()
+    ids = _claim(factory, worker, started, limit, lease_seconds)
+    report.claimed = len(ids)
+    try:
+        for row_id in ids:
+            _send_one(factory, mailer, settings, row_id, worker, now, report)
+    finally:
+        mailer.close()
+    return report
+
+
+def _send_one(
+    factory: sessionmaker[Session],
+    mailer: Mailer,
+    settings: Settings,
+    row_id: int,
+    worker: str,
+    now: datetime | None,
+    report: SendReport,
+) -> None:
+    with unit_of_work(factory) as session:
+        row = session.get(OutboxMessage, row_id)
+        if row is None or row.status != OutboxStatus.SENDING or row.claimed_by != worker:
+            report.lost_claims += 1
+            return
+        mail_from, rcpt_to, raw, attempts = row.mail_from, list(row.rcpt_to), row.raw, row.attempts
+    error: MailerError | None = None
+    try:
+        mailer.send(mail_from, rcpt_to, raw)
+    except MailerError as exc:
+        error = exc
+    finished = now or utcnow()
+    with unit_of_work(factory) as session:
+        row = session.get(OutboxMessage, row_id)
+        if row is None:
+            return
+        if row.claimed_by != worker:
+            # The lease ran out while the server was slow and another worker took the row: it owns it now.
+            report.lost_claims += 1
+            log.error("outbox %s: claim lost to %s during the send", row_id, row.claimed_by)
+            return
+        row.claimed_by = None
+        row.claimed_until = None
+        if error is None:
+            row.status = OutboxStatus.SENT
+            row.sent_at = finished
+            row.last_error = None
+            report.sent += 1
+            audit.record(
+                session,
+                action="mail.sent",
+                case_id=row.case_id,
+                object_type="outbox",
+                object_id=row.id,
+                detail={"message_id": row.message_id_header, "to": list(row.rcpt_to), "attempts": attempts},
+            )
+            return
+        row.last_error = str(error)[:4000]
+        report.errors.append(f"outbox {row_id}: {error}")
+        if error.permanent or attempts >= settings.outbox_max_attempts:
+            row.status = OutboxStatus.FAILED
+            row.next_attempt_at = None
+            report.failed += 1
+            log.error("outbox %s failed for good after %d attempt(s): %s", row_id, attempts, error)
+            audit.record(
+                session,
+                action="mail.failed",
+                case_id=row.case_id,
+                object_type="outbox",
+                object_id=row.id,
+                detail={"message_id": row.message_id_header, "error": str(error)[:500], "attempts": attempts},
+            )
+        else:
+            row.status = OutboxStatus.PENDING
+            row.next_attempt_at = finished + backoff(attempts)
+            report.retried += 1
+            log.warning(
+                "outbox %s attempt %d failed, retry at %s: %s", row_id, attempts, row.next_attempt_at, error
+            )
+
+
+def job_send_outbox(settings: Settings, factory: sessionmaker[Session]) -> dict[str, Any]:
+    """Scheduled job: one pass of the outbox through the configured SMTP server."""
+    from tmsi.adapters.mailer import SmtpMailer
+
+    return send_due(factory, SmtpMailer.from_settings(settings), settings).as_dict()

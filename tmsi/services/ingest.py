@@ -1,0 +1,1001 @@
+"""Mail intake: store every received message, then classify, thread, extract and link it into a case.
+
+``process_message`` is the one pipeline step (a service: it never commits). ``poll_once`` is the
+mailbox edge: one unit of work per message, and a message leaves the source folder only after its
+commit; deliveries (mailbox, folder, UIDVALIDITY, UID) make a restart after a crash exactly-once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from tmsi.adapters.mailbox import Mailbox, MailboxError, batched, mailbox_from_settings
+from tmsi.config import Settings
+from tmsi.db import unit_of_work, utcnow
+from tmsi.domain import classify
+from tmsi.domain.classify import Classification, classify_message, find_thread_ref, target_reasons
+from tmsi.domain.extract import ExtractedTargets, extract_targets
+from tmsi.domain.mail import MailParseError, ParsedMessage, dedupe_key, parse_message
+from tmsi.domain.networks import IPNetwork, network_keys
+from tmsi.models import (
+    Case,
+    CaseStatus,
+    CaseTarget,
+    Coverage,
+    Direction,
+    MailboxCursor,
+    Message,
+    MessageDelivery,
+    MessageKind,
+    MessageStatus,
+    TargetListing,
+    TargetStatus,
+)
+from tmsi.services import audit, cases, joblock, listings, replies
+
+log = logging.getLogger(__name__)
+
+HUMAN_KINDS = frozenset({MessageKind.REQUEST, MessageKind.REPLY})
+# Targets that still need work when the requester writes again ("I fixed the PTR"): re-check them now.
+RECHECK_STATUSES = frozenset({TargetStatus.PENDING, TargetStatus.FAIL, TargetStatus.UNVERIFIABLE})
+MAX_BODY_CHARS = 2_000_000
+MAX_SEARCH_TEXT = 20_000
+MAX_MERGE_HOPS = 10
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Where a message was found: the exactly-once key of the poller."""
+
+    mailbox: str
+    folder: str
+    uidvalidity: int
+    uid: int
+
+
+@dataclass
+class IngestResult:
+    message_id: int
+    status: str
+    kind: str | None = None
+    case_reference: str | None = None
+    new_case: bool = False
+    duplicate: bool = False
+    targets: list[str] = field(default_factory=list)
+    replies: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def quarantined(self) -> bool:
+        return self.status == MessageStatus.QUARANTINED.value
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------------
+# text hygiene: PostgreSQL refuses NUL in text and JSON, and enforces VARCHAR lengths
+
+
+def _clean(value: str | None, limit: int | None = None) -> str:
+    if not value:
+        return ""
+    text = value.replace("\x00", "\ufffd")
+    if any("\ud800" <= ch <= "\udfff" for ch in text):
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text[:limit] if limit is not None else text
+
+
+def _clean_json(value: Any) -> Any:
+    if isinstance(value, str):
+        return _clean(value)
+    if isinstance(value, dict):
+        return {_clean(str(k)): _clean_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean_json(v) for v in value]
+    return value
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+# --------------------------------------------------------------------------------------------------
+# store
+
+
+def _record_delivery(session: Session, message: Message, delivery: Delivery | None, now: datetime) -> None:
+    if delivery is None:
+        return
+    session.add(
+        MessageDelivery(
+            message_id=message.id,
+            mailbox=delivery.mailbox[:255],
+            folder=delivery.folder[:255],
+            uidvalidity=delivery.uidvalidity,
+            uid=delivery.uid,
+            seen_at=now,
+        )
+    )
+
+
+def _duplicate(session: Session, existing: Message, delivery: Delivery | None, now: datetime) -> IngestResult:
+    """The same message again: one more delivery of the stored row, never processed twice."""
+    renumbered = False
+    if delivery is not None:
+        earlier = session.scalars(
+            select(MessageDelivery.uidvalidity).where(
+                MessageDelivery.message_id == existing.id,
+                MessageDelivery.mailbox == delivery.mailbox[:255],
+                MessageDelivery.folder == delivery.folder[:255],
+            )
+        ).all()
+        # Seen in this folder under another UIDVALIDITY: the server renumbered the folder, it is the same
+        # delivery (left in the folder by a crash before the move), not a second one.
+        renumbered = bool(earlier) and delivery.uidvalidity not in earlier
+        _record_delivery(session, existing, delivery, now)
+    if not renumbered:
+        existing.delivery_count = (existing.delivery_count or 1) + 1
+    session.flush()
+    log.info("message %s (%s) delivered again; not processed twice", existing.id, existing.message_id_header)
+    return IngestResult(
+        message_id=existing.id,
+        status=existing.status.value,
+        kind=existing.kind.value if existing.kind else None,
+        case_reference=existing.case.reference if existing.case is not None else None,
+        duplicate=True,
+    )
+
+
+def _parse(raw: bytes, settings: Settings) -> tuple[ParsedMessage | None, str | None]:
+    try:
+        return parse_message(raw, max_bytes=settings.max_message_bytes), None
+    except MailParseError as exc:
+        log.info("cannot parse a message (%d bytes): %s", len(raw), exc.reason)
+        return None, exc.reason
+    except Exception as exc:  # a parser bug on odd input: keep the mail, quarantine it, tell us
+        log.exception("mail parser crashed on a %d-byte message", len(raw))
+        return None, f"parser crashed: {type(exc).__name__}: {exc}"
+
+
+def process_message(
+    session: Session,
+    raw: bytes,
+    settings: Settings,
+    *,
+    source: str,
+    delivery: Delivery | None = None,
+    now: datetime | None = None,
+) -> IngestResult:
+    """Store ``raw`` (a Message row, before anything else is decided), then process it.
+
+    A message that cannot be parsed, or whose processing fails, stays stored and is quarantined with
+    the reason; a message already stored (same dedupe key) only gets one more delivery recorded.
+    """
+    now = now or utcnow()
+    raw = bytes(raw)
+    content_hash = hashlib.sha256(raw).hexdigest()
+    parsed, error = _parse(raw, settings)
+    key = dedupe_key(parsed) if parsed is not None else f"raw:{content_hash}"
+
+    existing = session.scalar(select(Message).where(Message.dedupe_key == key))
+    if existing is not None:
+        return _duplicate(session, existing, delivery, now)
+
+    message = Message(
+        direction=Direction.IN,
+        status=MessageStatus.STORED,
+        dedupe_key=key,
+        message_id_header=_clean(parsed.message_id if parsed else "", 998),
+        content_hash=content_hash,
+        raw=raw,
+        raw_size=len(raw),
+        to_addrs=[],
+        references=[],
+        headers=[],
+        attachments=[],
+        body_text="",
+        body_html="",
+        explain={"source": _clean(source, 500)},
+        received_at=now,
+        delivery_count=1,
+    )
+    session.add(message)
+    session.flush()
+    _record_delivery(session, message, delivery, now)
+    session.flush()
+
+    if parsed is None:
+        _quarantine(message, f"cannot parse: {error}", parse_error=error, now=now)
+        return IngestResult(message_id=message.id, status=message.status.value, error=error)
+    return _process_guarded(session, message, parsed, settings, now)
+
+
+def _quarantine(message: Message, reason: str, *, parse_error: str | None = None, now: datetime) -> None:
+    message.status = MessageStatus.QUARANTINED
+    message.quarantine_reason = _clean(reason)
+    if parse_error is not None:
+        message.parse_error = _clean(parse_error)
+    message.processed_at = now
+
+
+def _process_guarded(
+    session: Session, message: Message, parsed: ParsedMessage, settings: Settings, now: datetime
+) -> IngestResult:
+    """Run the processing in a savepoint: if any step fails, the stored raw message survives, quarantined."""
+    try:
+        with session.begin_nested():
+            return _process(session, message, parsed, settings, now)
+    except Exception as exc:
+        log.exception("processing message %s failed; quarantined", message.id)
+        session.refresh(message)
+        reason = f"processing failed: {type(exc).__name__}: {exc}"
+        _quarantine(message, reason, now=now)
+        session.flush()
+        return IngestResult(message_id=message.id, status=message.status.value, error=reason)
+
+
+# --------------------------------------------------------------------------------------------------
+# process
+
+
+def _fill(message: Message, parsed: ParsedMessage) -> None:
+    message.message_id_header = _clean(parsed.message_id, 998)
+    message.from_addr = _clean(parsed.from_addr, 255)
+    message.from_name = _clean(parsed.from_name, 255)
+    message.to_addrs = _clean_json([*parsed.to_addrs, *parsed.cc_addrs])
+    message.envelope_from = _clean(parsed.return_path or "", 255)
+    message.subject = _clean(parsed.subject, 998)
+    message.date_header = _aware(parsed.date)
+    message.in_reply_to = _clean(parsed.in_reply_to, 998)
+    message.references = _clean_json(parsed.references[-50:])
+    message.headers = _clean_json([[name, value[:4000]] for name, value in parsed.headers[:500]])
+    message.body_text = _clean(parsed.text, MAX_BODY_CHARS)
+    message.body_html = _clean(parsed.html, MAX_BODY_CHARS)
+    message.attachments = _clean_json(
+        [
+            {
+                "filename": a.filename,
+                "content_type": a.content_type,
+                "size": a.size,
+                "sha256": a.sha256,
+                "scanned": a.scanned,
+            }
+            for a in parsed.attachments
+        ]
+    )
+
+
+def _follow_merges(session: Session, case: Case | None) -> Case | None:
+    for _ in range(MAX_MERGE_HOPS):
+        if case is None or case.merged_into_id is None:
+            return case
+        case = session.get(Case, case.merged_into_id)
+    return case
+
+
+@dataclass
+class Thread:
+    case: Case | None = None
+    how: str = ""
+    known_ids: bool = False
+
+
+def find_thread(session: Session, parsed: ParsedMessage, *, exclude_id: int | None = None) -> Thread:
+    """The case a message belongs to: reference in the subject, then In-Reply-To/References."""
+    ref = find_thread_ref(parsed.subject)
+    if ref:
+        case = cases.get_by_reference(session, ref)
+        if case is not None:
+            return Thread(_follow_merges(session, case), f"reference {ref} in the subject", True)
+    ids = [mid for mid in dict.fromkeys([parsed.in_reply_to, *reversed(parsed.references)]) if mid]
+    ids = [mid for mid in ids if mid != parsed.message_id][:50]
+    if not ids:
+        return Thread()
+    stmt = select(Message.message_id_header, Message.case_id).where(Message.message_id_header.in_(ids))
+    if exclude_id is not None:
+        stmt = stmt.where(Message.id != exclude_id)
+    rows = session.execute(stmt).all()
+    if not rows:
+        return Thread()
+    by_id: dict[str, int | None] = {}
+    for mid, case_id in rows:
+        if case_id is not None or mid not in by_id:
+            by_id[mid] = case_id
+    for mid in ids:  # In-Reply-To first, then the newest reference
+        case_id = by_id.get(mid)
+        if case_id is not None:
+            case = _follow_merges(session, session.get(Case, case_id))
+            return Thread(case, f"In-Reply-To/References {mid}", True)
+    return Thread(None, "", True)
+
+
+def _extract(parsed: ParsedMessage, settings: Settings) -> ExtractedTargets:
+    return extract_targets(
+        parsed.extraction_text,
+        own_networks=settings.own_networks,
+        dnsbl_zone=settings.dnsbl_zone,
+        max_prefix_v4=settings.max_target_prefix_v4,
+        max_prefix_v6=settings.max_target_prefix_v6,
+    )
+
+
+def _process(
+    session: Session, message: Message, parsed: ParsedMessage, settings: Settings, now: datetime
+) -> IngestResult:
+    _fill(message, parsed)
+    targets = _extract(parsed, settings)
+    thread = find_thread(session, parsed, exclude_id=message.id)
+    verdict = classify_message(
+        parsed,
+        mailbox_address=settings.mailbox_address,
+        authserv_ids=settings.authserv_ids,
+        own_domain=settings.mail_domain,
+        sent_message_ids_known=thread.known_ids,
+        targets=targets,
+    )
+    kind = MessageKind(verdict.kind)
+    message.kind = kind
+    result = IngestResult(message_id=message.id, status=MessageStatus.PROCESSED.value, kind=kind.value)
+    result.reasons = list(verdict.reasons)
+    notes: dict[str, Any] = {}
+
+    if kind == MessageKind.BOUNCE:
+        case = _handle_bounce(session, message, parsed, verdict, thread, notes, now)
+    elif kind in HUMAN_KINDS:
+        result.reasons += target_reasons(targets)
+        case = _handle_human(session, message, parsed, verdict, thread, targets, settings, result, notes, now)
+    else:
+        case = _handle_automatic(session, message, thread, notes)
+
+    if case is not None:
+        result.case_reference = case.reference
+        audit.record(
+            session,
+            action="message.received",
+            case=case,
+            object_type="message",
+            object_id=message.id,
+            detail=_clean_json(
+                {
+                    "kind": kind.value,
+                    "message_id": message.message_id_header,
+                    "from": message.from_addr,
+                    "new_case": result.new_case,
+                    "targets": result.targets,
+                }
+            ),
+        )
+    message.status = MessageStatus.PROCESSED
+    message.processed_at = now
+    message.explain = _clean_json(
+        {
+            **(message.explain or {}),
+            "kind": kind.value,
+            "should_autoreply": verdict.should_autoreply,
+            "authentic": verdict.authentic,
+            "thread_ref": verdict.thread_ref,
+            "thread": thread.how,
+            "case": result.case_reference,
+            "new_case": result.new_case,
+            "targets": result.targets,
+            "masked": bool(targets.masked and kind in HUMAN_KINDS),
+            "replies": result.replies,
+            "reasons": result.reasons,
+            **notes,
+        }
+    )
+    session.flush()
+    log.info(
+        "message %s %s: %s%s",
+        message.id,
+        kind.value,
+        result.case_reference or "no case",
+        " (new case)" if result.new_case else "",
+    )
+    return result
+
+
+def _set_flags(case: Case, **changes: Any) -> None:
+    """Replace the JSON dict (an in-place change would not be seen by the ORM); None removes a flag."""
+    flags = dict(case.flags or {})
+    for key, value in changes.items():
+        if value is None:
+            flags.pop(key, None)
+        else:
+            flags[key] = value
+    case.flags = _clean_json(flags)
+
+
+def _attach(message: Message, case: Case) -> None:
+    message.case_id = case.id
+    message.case = case
+
+
+def _handle_automatic(
+    session: Session, message: Message, thread: Thread, notes: dict[str, Any]
+) -> Case | None:
+    """Auto-replies, list mail and other mail: kept, attached when they thread, never answered or opened."""
+    case = thread.case
+    if case is None:
+        notes["unassigned"] = True
+        return None
+    _attach(message, case)
+    _set_flags(case, auto_generated=True)
+    case.updated_at = utcnow()
+    return case
+
+
+def _handle_bounce(
+    session: Session,
+    message: Message,
+    parsed: ParsedMessage,
+    verdict: Classification,
+    thread: Thread,
+    notes: dict[str, Any],
+    now: datetime,
+) -> Case | None:
+    """A DSN: find which of our messages bounced and flag their cases; a bounce never opens a case."""
+    bounced = [mid for mid in verdict.bounced_message_ids if mid][:50]
+    found: list[tuple[str, int]] = []
+    if bounced:
+        rows = session.execute(
+            select(Message.message_id_header, Message.case_id).where(
+                Message.message_id_header.in_(bounced), Message.direction == Direction.OUT
+            )
+        ).all()
+        found = [(mid, cid) for mid, cid in rows if cid is not None]
+    case_ids = list(dict.fromkeys(cid for _, cid in found))
+    if not case_ids and thread.case is not None:
+        case_ids = [thread.case.id]
+    notes["bounced_message_ids"] = bounced
+    notes["bounced_ours"] = [mid for mid, _ in found]
+    status = [
+        {
+            k: v[:300]
+            for k, v in entry.items()
+            if k in ("final-recipient", "action", "status", "diagnostic-code")
+        }
+        for entry in parsed.delivery_status[:10]
+    ]
+    first: Case | None = None
+    for case_id in case_ids:
+        case = _follow_merges(session, session.get(Case, case_id))
+        if case is None:
+            continue
+        first = first or case
+        _set_flags(
+            case,
+            bounced={
+                "at": now.isoformat(),
+                "message_ids": [mid for mid, cid in found if cid == case_id] or bounced,
+                "status": status,
+                "dsn_message_id": message.message_id_header,
+            },
+            auto_generated=True,
+        )
+        case.updated_at = now
+        audit.record(
+            session,
+            action="mail.bounced",
+            case=case,
+            object_type="message",
+            object_id=message.id,
+            detail=_clean_json({"bounced": bounced, "status": status}),
+        )
+    if first is None:
+        notes["unassigned"] = True
+        return None
+    _attach(message, first)
+    return first
+
+
+def _handle_human(
+    session: Session,
+    message: Message,
+    parsed: ParsedMessage,
+    verdict: Classification,
+    thread: Thread,
+    targets: ExtractedTargets,
+    settings: Settings,
+    result: IngestResult,
+    notes: dict[str, Any],
+    now: datetime,
+) -> Case:
+    case = thread.case
+    if case is None:
+        case = cases.open_case(
+            session,
+            subject=_clean(parsed.subject, 998) or "(no subject)",
+            requester_email=_clean(parsed.from_addr, 255),
+            requester_name=_clean(parsed.from_name, 255),
+            now=now,
+        )
+        result.new_case = True
+        if verdict.kind == classify.REPLY:
+            notes["thread_not_found"] = "looks like a reply, but no case matches; opened a new one"
+    else:
+        cases.reopen_on_message(session, case, now=now)
+    _attach(message, case)
+    session.flush()
+
+    added = add_targets(
+        session, case, targets.networks, sources=targets.sources, oversized=targets.oversized, now=now
+    )
+    result.targets = [t.network for t in added]
+    all_targets = list(case.targets)
+    masked = bool(targets.masked)
+    # "masked": the case still waits for full addresses; a message that brings addresses clears it.
+    old_flags = case.flags or {}
+    if masked:
+        still_masked, samples = True, list(targets.masked_samples)[:20]
+    elif added:
+        still_masked, samples = None, None
+    else:
+        still_masked, samples = old_flags.get("masked"), old_flags.get("masked_samples")
+    _set_flags(
+        case,
+        auto_generated=False,
+        masked=still_masked,
+        masked_samples=samples,
+        oversized=sorted({t.network for t in all_targets if t.oversized}) or None,
+        nothing_listed=True if all(t.coverage == Coverage.NOT_LISTED for t in all_targets) else None,
+        no_targets=True if not all_targets else None,
+    )
+    case.updated_at = now
+    if result.targets:
+        case.search_text = _clean(
+            f"{case.search_text or ''} {' '.join(result.targets)}".strip(), MAX_SEARCH_TEXT
+        )
+    if result.new_case:
+        case.search_text = _clean(
+            f"{case.reference} {case.requester_email} {case.requester_name} {case.subject} "
+            f"{case.search_text or ''}",
+            MAX_SEARCH_TEXT,
+        )
+    else:
+        _recheck_now(case, now)
+
+    reply_key = _reply_for(verdict, result.new_case, masked, bool(all_targets), bool(added))
+    if reply_key:
+        extra = {"masked": list(targets.masked_samples)} if masked else {}
+        row = replies.queue_reply(session, case, reply_key, settings, extra=extra, now=now)
+        if row is not None:
+            result.replies.append(reply_key)
+
+    if (
+        all_targets
+        and case.status in (CaseStatus.NEW, CaseStatus.READY_FOR_DECISION)
+        and (result.new_case or added or case.status == CaseStatus.NEW)
+    ):
+        cases.transition(session, case, CaseStatus.VERIFYING, reason="targets to verify", now=now)
+    elif (
+        not all_targets
+        and masked
+        and result.replies
+        and case.status in (CaseStatus.NEW, CaseStatus.VERIFYING)
+    ):
+        cases.transition(
+            session, case, CaseStatus.AWAITING_REQUESTER, reason="asked for the full address", now=now
+        )
+    return case
+
+
+def _reply_for(
+    verdict: Classification, new_case: bool, masked: bool, has_targets: bool, added: bool
+) -> str | None:
+    """One automatic reply at most per inbound message (queue_reply still applies its own limits)."""
+    if new_case:
+        if not verdict.should_autoreply:
+            return None
+        return "need_full_address" if masked and not has_targets else "acknowledgement"
+    # A human reply in a thread is never acknowledged (that would be a ping-pong), but a masked address
+    # with nothing usable still gets the request for the full address.
+    if (
+        masked
+        and not added
+        and verdict.kind == classify.REPLY
+        and not verdict.ticket_system
+        and verdict.authentic is not False
+    ):
+        return "need_full_address"
+    return None
+
+
+def _recheck_now(case: Case, now: datetime) -> None:
+    for target in case.targets:
+        if target.status in RECHECK_STATUSES and (target.next_check_at is None or target.next_check_at > now):
+            target.next_check_at = now
+
+
+def add_targets(
+    session: Session,
+    case: Case,
+    networks: Iterable[IPNetwork],
+    *,
+    sources: dict[str, str] | None = None,
+    oversized: Iterable[str] = (),
+    now: datetime | None = None,
+) -> list[CaseTarget]:
+    """Add the networks the case does not have yet, each linked to the listings it overlaps.
+
+    Oversized ranges are flagged, not expanded. ``next_check_at`` = now hands them to verification.
+    """
+    now = now or utcnow()
+    sources = sources or {}
+    too_big = set(oversized)
+    have = {t.network for t in case.targets}
+    added: list[CaseTarget] = []
+    for network in networks:
+        cidr = str(network)
+        if cidr in have:
+            continue
+        have.add(cidr)
+        version, start, end = network_keys(network)
+        found = listings.find_overlapping(session, network)
+        target = CaseTarget(
+            network=cidr,
+            version=version,
+            prefixlen=network.prefixlen,
+            start_key=start,
+            end_key=end,
+            source_text=_clean(sources.get(cidr, ""), 255),
+            oversized=cidr in too_big,
+            coverage=listings.coverage_of(network, found),
+            status=TargetStatus.PENDING,
+            summary={"listings": len(found)},
+            authority_evidence={},
+            next_check_at=now,
+            created_at=now,
+        )
+        for listing in found:
+            listed = ipaddress.ip_network(listing.network)
+            inside = listed.network_address <= network.network_address  # type: ignore[operator]
+            covers = inside and network.broadcast_address <= listed.broadcast_address  # type: ignore[operator]
+            relation = "covers" if covers else "inside"
+            target.listing_links.append(TargetListing(listing_id=listing.id, relation=relation))
+        case.targets.append(target)
+        added.append(target)
+    if added:
+        session.flush()
+    return added
+
+
+def reprocess_message(
+    session: Session,
+    message_id: int,
+    settings: Settings,
+    *,
+    actor: str = audit.SYSTEM,
+    now: datetime | None = None,
+) -> IngestResult:
+    """Run a quarantined message through the pipeline again (after a fix, or a person's decision)."""
+    now = now or utcnow()
+    message = session.get(Message, message_id)
+    if message is None:
+        raise LookupError(f"no message {message_id}")
+    if message.direction != Direction.IN or message.status != MessageStatus.QUARANTINED:
+        raise ValueError(
+            f"message {message_id} is {message.direction.value}/{message.status.value}, not a quarantined "
+            "received message"
+        )
+    raw = message.raw
+    if raw is None:
+        raise ValueError(f"message {message_id} has no raw bytes any more (purged)")
+    audit.record(
+        session,
+        action="message.reprocessed",
+        actor=actor,
+        object_type="message",
+        object_id=message.id,
+        detail={"previous_reason": message.quarantine_reason or ""},
+    )
+    parsed, error = _parse(raw, settings)
+    if parsed is None:
+        _quarantine(message, f"cannot parse: {error}", parse_error=error, now=now)
+        session.flush()
+        return IngestResult(message_id=message.id, status=message.status.value, error=error)
+    key = dedupe_key(parsed)
+    if key != message.dedupe_key:
+        other = session.scalar(select(Message).where(Message.dedupe_key == key, Message.id != message.id))
+        if other is not None:
+            other.delivery_count = (other.delivery_count or 1) + (message.delivery_count or 1)
+            message.status = MessageStatus.DUPLICATE
+            message.quarantine_reason = None
+            message.processed_at = now
+            session.flush()
+            return IngestResult(
+                message_id=message.id,
+                status=message.status.value,
+                duplicate=True,
+                case_reference=other.case.reference if other.case is not None else None,
+            )
+        message.dedupe_key = key
+    message.parse_error = None
+    message.quarantine_reason = None
+    message.status = MessageStatus.STORED
+    session.flush()
+    return _process_guarded(session, message, parsed, settings, now)
+
+
+def store_failed(
+    session: Session,
+    raw: bytes,
+    error: str,
+    *,
+    source: str,
+    delivery: Delivery | None,
+    now: datetime | None = None,
+) -> Message:
+    """Last resort after a system failure: keep the raw bytes, quarantined with the error."""
+    now = now or utcnow()
+    content_hash = hashlib.sha256(raw).hexdigest()
+    key = f"failed:{content_hash}"
+    existing = session.scalar(select(Message).where(Message.dedupe_key == key))
+    if existing is not None:
+        _record_delivery(session, existing, delivery, now)
+        session.flush()
+        return existing
+    message = Message(
+        direction=Direction.IN,
+        status=MessageStatus.QUARANTINED,
+        dedupe_key=key,
+        content_hash=content_hash,
+        raw=raw,
+        raw_size=len(raw),
+        to_addrs=[],
+        references=[],
+        headers=[],
+        attachments=[],
+        body_text="",
+        body_html="",
+        explain={"source": _clean(source, 500)},
+        received_at=now,
+        processed_at=now,
+        quarantine_reason=_clean(f"system failure: {error}"),
+    )
+    session.add(message)
+    session.flush()
+    _record_delivery(session, message, delivery, now)
+    session.flush()
+    return message
+
+
+# --------------------------------------------------------------------------------------------------
+# singleton lease (job_locks): one poller per mailbox, whoever schedules it
+
+
+def acquire_lease(factory: sessionmaker[Session], name: str, holder: str, seconds: float) -> bool:
+    """Take or renew the lease ``name`` for ``holder``; False while another holder's lease runs."""
+    with unit_of_work(factory) as session:
+        return joblock.try_acquire(session, name, holder, seconds)
+
+
+def release_lease(factory: sessionmaker[Session], name: str, holder: str) -> None:
+    with unit_of_work(factory) as session:
+        joblock.release(session, name, holder)
+
+
+# --------------------------------------------------------------------------------------------------
+# poller
+
+
+@dataclass
+class PollReport:
+    mailbox: str
+    folder: str
+    uidvalidity: int = 0
+    uidvalidity_reset: bool = False
+    seen: int = 0
+    processed: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+    moved_only: int = 0
+    new_cases: int = 0
+    replies: int = 0
+    bytes: int = 0
+    errors: list[str] = field(default_factory=list)
+    skipped: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+LEASE_SECONDS = 300.0
+
+
+def _cursor(session: Session, mailbox: str, folder: str) -> MailboxCursor:
+    cursor = session.scalar(
+        select(MailboxCursor).where(MailboxCursor.mailbox == mailbox, MailboxCursor.folder == folder)
+    )
+    if cursor is None:
+        cursor = MailboxCursor(mailbox=mailbox, folder=folder, uidvalidity=0, last_uid=0, updated_at=utcnow())
+        session.add(cursor)
+        session.flush()
+    return cursor
+
+
+def poll_once(
+    settings: Settings,
+    factory: sessionmaker[Session],
+    mailbox: Mailbox,
+    *,
+    holder: str | None = None,
+    limit: int | None = None,
+) -> PollReport:
+    """Drain the source folder once: each message stored and processed in its own committed unit of
+    work, then moved (Processed or Quarantine). Messages already committed (known delivery) are only
+    moved. ``limit`` caps how many new messages this pass processes."""
+    source = settings.imap_source_folder
+    processed_folder, quarantine_folder = settings.imap_processed_folder, settings.imap_quarantine_folder
+    name = mailbox.name[:255]
+    report = PollReport(mailbox=name, folder=source)
+    holder = holder or joblock.new_holder()
+    lock = f"poll:{name}"[:128]
+    if not acquire_lease(factory, lock, holder, LEASE_SECONDS):
+        report.skipped = "another worker holds the poller lease"
+        return report
+    try:
+        _poll(
+            settings,
+            factory,
+            mailbox,
+            report,
+            holder,
+            lock,
+            source,
+            processed_folder,
+            quarantine_folder,
+            limit,
+        )
+    except MailboxError as exc:
+        log.error("polling %s failed: %s", name, exc)
+        report.errors.append(str(exc))
+    finally:
+        release_lease(factory, lock, holder)
+    return report
+
+
+def _poll(
+    settings: Settings,
+    factory: sessionmaker[Session],
+    mailbox: Mailbox,
+    report: PollReport,
+    holder: str,
+    lock: str,
+    source: str,
+    processed_folder: str,
+    quarantine_folder: str,
+    limit: int | None,
+) -> None:
+    name = report.mailbox
+    mailbox.ensure_folders([processed_folder, quarantine_folder])
+    uidvalidity = mailbox.select(source)
+    report.uidvalidity = uidvalidity
+    with unit_of_work(factory) as session:
+        cursor = _cursor(session, name, source)
+        if cursor.uidvalidity != uidvalidity:
+            if cursor.uidvalidity:
+                # RFC 3501: every UID we knew is void. Start over; the dedupe key keeps mail exactly-once.
+                log.warning(
+                    "%s %s: UIDVALIDITY %s -> %s, cursor reset", name, source, cursor.uidvalidity, uidvalidity
+                )
+                report.uidvalidity_reset = True
+            cursor.uidvalidity, cursor.last_uid, cursor.updated_at = uidvalidity, 0, utcnow()
+    # Everything still in the source folder: new mail, and mail committed before a crash but not moved.
+    uids = mailbox.uids_after(source, 0)
+    budget = limit if limit is not None else len(uids)
+    for batch in batched(uids, settings.imap_batch_size):
+        if budget <= 0:
+            break
+        with unit_of_work(factory) as session:
+            known = dict(
+                session.execute(
+                    select(MessageDelivery.uid, Message.status)
+                    .join(Message, Message.id == MessageDelivery.message_id)
+                    .where(
+                        MessageDelivery.mailbox == name,
+                        MessageDelivery.folder == source,
+                        MessageDelivery.uidvalidity == uidvalidity,
+                        MessageDelivery.uid.in_(batch),
+                    )
+                ).all()
+            )
+        moves: dict[str, list[int]] = {processed_folder: [], quarantine_folder: []}
+        for uid, status in known.items():
+            moves[quarantine_folder if status == MessageStatus.QUARANTINED else processed_folder].append(uid)
+            report.moved_only += 1
+        todo = [uid for uid in batch if uid not in known][: max(budget, 0)]
+        budget -= len(todo)
+        for uid, raw in mailbox.fetch(source, todo):
+            report.seen += 1
+            report.bytes += len(raw)
+            outcome = _ingest_one(settings, factory, raw, Delivery(name, source, uidvalidity, uid), report)
+            del raw
+            if outcome is not None:
+                moves[
+                    quarantine_folder if outcome == MessageStatus.QUARANTINED.value else processed_folder
+                ].append(uid)
+        # Only now, after each message's commit: a crash before this line leaves them in the folder,
+        # and the next pass recognises their deliveries and just moves them.
+        for destination, moved in moves.items():
+            if moved:
+                mailbox.move(source, sorted(moved), destination)
+        acquire_lease(factory, lock, holder, LEASE_SECONDS)
+
+
+def _ingest_one(
+    settings: Settings, factory: sessionmaker[Session], raw: bytes, delivery: Delivery, report: PollReport
+) -> str | None:
+    """One unit of work; returns the message status, or None when it must stay in the folder."""
+    try:
+        with unit_of_work(factory) as session:
+            result = process_message(session, raw, settings, source=delivery.mailbox, delivery=delivery)
+            session.execute(
+                update(MailboxCursor)
+                .where(
+                    MailboxCursor.mailbox == delivery.mailbox,
+                    MailboxCursor.folder == delivery.folder,
+                    MailboxCursor.last_uid < delivery.uid,
+                )
+                .values(last_uid=delivery.uid, updated_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+    except Exception as exc:  # a system failure (database down, a bug): keep the mail, say so loudly
+        log.exception("ingesting %s uid %s failed", delivery.folder, delivery.uid)
+        report.errors.append(f"uid {delivery.uid}: {type(exc).__name__}: {exc}")
+        try:
+            with unit_of_work(factory) as session:
+                store_failed(
+                    session, raw, f"{type(exc).__name__}: {exc}", source=delivery.mailbox, delivery=delivery
+                )
+        except Exception:
+            log.exception("could not even store uid %s raw; it stays in %s", delivery.uid, delivery.folder)
+            return None
+        report.quarantined += 1
+        return MessageStatus.QUARANTINED.value
+    if result.duplicate:
+        report.duplicates += 1
+    elif result.quarantined:
+        report.quarantined += 1
+    else:
+        report.processed += 1
+    report.new_cases += int(result.new_case)
+    report.replies += len(result.replies)
+    return result.status
+
+
+def job_poll_mailbox(settings: Settings, factory: sessionmaker[Session]) -> dict[str, Any]:
+    """Scheduled job: one pass over the configured mailbox (``TMSI_MAILBOX_KIND``)."""
+    mailbox = mailbox_from_settings(settings)
+    if mailbox is None:
+        return {"skipped": "TMSI_MAILBOX_KIND is none"}
+    try:
+        return poll_once(settings, factory, mailbox).as_dict()
+    finally:
+        mailbox.close()
+
+
+def watch_mailbox(
+    settings: Settings, factory: sessionmaker[Session], mailbox: Mailbox, *, passes: int | None = None
+) -> None:
+    """Poll, then wait (IDLE where the server offers it, else ``poll_interval_seconds``), forever."""
+    done = 0
+    while passes is None or done < passes:
+        report = poll_once(settings, factory, mailbox)
+        log.info("poll: %s", report.as_dict())
+        done += 1
+        if passes is None or done < passes:
+            mailbox.wait(settings.imap_source_folder, float(settings.poll_interval_seconds))
