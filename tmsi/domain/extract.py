@@ -486,6 +486,9 @@ def _wildcards(c: _Collector) -> None:
         while leading < 4 and numeric[leading]:
             leading += 1
         wildcard_tail = all(re.fullmatch(r"[*xX]{1,3}", p) for p in parts[leading:])
+        if leading == 2 and any(len(p) > 1 for p in parts[leading:]):
+            # "198.51.*.*" is a glob; "203.0.xxx.xxx" hides a single address (nobody asks for a /16 so)
+            wildcard_tail = False
         if leading >= 2 and wildcard_tail and all(int(p) <= 255 for p in parts[:leading]):
             network = ipaddress.IPv4Network(
                 ".".join(parts[:leading] + ["0"] * (4 - leading)) + f"/{8 * leading}"

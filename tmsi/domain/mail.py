@@ -387,6 +387,98 @@ def _safe_filename(part: Message, charset: str | None) -> str:
     return decode_header_value(str(name), charset) if name else ""
 
 
+# Large messages: long runs of base64 lines are cut out of the bytes handed to the MIME parser (which
+# would otherwise hold several copies of them as str and line lists) and replaced by a marker line.
+# The parts that contain a marker are hashed by streaming over the original bytes, never decoded whole.
+ELIDE_ABOVE_BYTES = 1024 * 1024
+BASE64_RUN = re.compile(rb"^(?:[A-Za-z0-9+/]{4,100}={0,2}\r?\n){1000,}", re.MULTILINE)
+ELIDED_MARK = "=_tmsi_elided_{}_="
+ELIDED_SPLIT = re.compile(r"=_tmsi_elided_(\d+)_=\r?\n?")
+
+
+def _elide_base64_runs(raw: bytes) -> tuple[bytes, list[tuple[int, int]]]:
+    if len(raw) <= ELIDE_ABOVE_BYTES:
+        return raw, []
+    spans: list[tuple[int, int]] = []
+    out: list[bytes] = []
+    pos = 0
+    for match in BASE64_RUN.finditer(raw):
+        out.append(raw[pos : match.start()])
+        out.append(ELIDED_MARK.format(len(spans)).encode("ascii") + b"\r\n")
+        spans.append((match.start(), match.end()))
+        pos = match.end()
+    if not spans:
+        return raw, []
+    out.append(raw[pos:])
+    return b"".join(out), spans
+
+
+class _Base64Stream:
+    """Incremental base64 decoding over chunks (whitespace and padding ignored, re-added at the end)."""
+
+    def __init__(self) -> None:
+        self.pending = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        # Runs hold only alphabet characters and line ends; a2b_base64 skips any other stray byte.
+        data = self.pending + chunk.translate(None, b"\r\n\t =")
+        usable = len(data) - len(data) % 4
+        self.pending = data[usable:]
+        return binascii.a2b_base64(data[:usable]) if usable else b""
+
+    def close(self) -> bytes:
+        data = self.pending
+        self.pending = b""
+        if not data:
+            return b""
+        try:
+            return binascii.a2b_base64(data + b"=" * (-len(data) % 4))
+        except binascii.Error:
+            return b""
+
+
+def _elided_chunks(payload: str, source: bytes, spans: list[tuple[int, int]]) -> list[bytes | memoryview]:
+    """The encoded payload of a part as chunks, markers replaced by views of the original bytes."""
+    chunks: list[bytes | memoryview] = []
+    view = memoryview(source)
+    for index, piece in enumerate(ELIDED_SPLIT.split(payload)):
+        if index % 2:
+            start, end = spans[int(piece)]
+            for offset in range(start, end, 1 << 20):
+                chunks.append(view[offset : min(end, offset + (1 << 20))])
+        elif piece:
+            chunks.append(piece.encode("ascii", "surrogateescape"))
+    return chunks
+
+
+def _payload_digest(part: Message, state: _Walk, limit: int | None) -> tuple[int, str, bytes]:
+    """(decoded size, sha256, the first ``limit`` decoded bytes, or all when None) of a leaf part."""
+    payload = part.get_payload()
+    if isinstance(payload, str) and state.spans and ELIDED_SPLIT.search(payload):
+        chunks = _elided_chunks(payload, state.source, state.spans)
+        cte = str(part.get("content-transfer-encoding", "")).strip().lower()
+        if cte != "base64":  # a long run of plain lines (hex dumps, hash lists) in a 7bit/QP part
+            data = b"".join(bytes(chunk) for chunk in chunks)
+            if cte == "quoted-printable":
+                data = quopri.decodestring(data)
+            return len(data), hashlib.sha256(data).hexdigest(), data if limit is None else data[:limit]
+        stream = _Base64Stream()
+        digest = hashlib.sha256()
+        size = 0
+        head: list[bytes] = []
+        kept = 0
+        for chunk in [*chunks, None]:
+            data = stream.feed(bytes(chunk)) if chunk is not None else stream.close()
+            digest.update(data)
+            size += len(data)
+            if limit is None or kept < limit:
+                head.append(data if limit is None else data[: limit - kept])
+                kept += len(head[-1])
+        return size, digest.hexdigest(), b"".join(head)
+    data = _payload_bytes(part)
+    return len(data), hashlib.sha256(data).hexdigest(), data if limit is None else data[:limit]
+
+
 def _payload_bytes(part: Message) -> bytes:
     try:
         payload = part.get_payload(decode=True)
@@ -420,6 +512,8 @@ class _Walk:
     defects: list[str] = field(default_factory=list)
     delivery_status: list[dict[str, str]] = field(default_factory=list)
     returned_headers: list[tuple[str, str]] = field(default_factory=list)
+    source: bytes = b""  # the message bytes the elided spans point into
+    spans: list[tuple[int, int]] = field(default_factory=list)
 
 
 def _walk(message: Message, state: _Walk, charset_hint: str | None, in_report: bool, depth: int) -> None:
@@ -465,8 +559,22 @@ def _walk(message: Message, state: _Walk, charset_hint: str | None, in_report: b
     attachment = _is_attachment(message, filename)
     declared = message.get_param("charset")
     declared = declared if isinstance(declared, str) else None
-    data = _payload_bytes(message)
+    is_text_attachment = ctype in TEXT_ATTACHMENT_TYPES or filename.lower().endswith(TEXT_ATTACHMENT_SUFFIXES)
+    report_part = ctype in ("text/rfc822-headers", "message/delivery-status", "message/rfc822")
+    if not report_part and (attachment or not ctype.startswith("text/")):
+        # Attachments, and inline binary parts: recorded and hashed; only text attachments are read.
+        scanned = is_text_attachment
+        size, sha256, head = _payload_digest(message, state, MAX_SCANNED_TEXT_BYTES if scanned else 0)
+        state.attachments.append(
+            Attachment(filename=filename, content_type=ctype, size=size, sha256=sha256, scanned=scanned)
+        )
+        if scanned:
+            if size > MAX_SCANNED_TEXT_BYTES:
+                state.defects.append(f"attachment {filename!r} scanned only in its first 2 MiB")
+            state.text_parts.append(decode_bytes(head, declared)[0])
+        return
 
+    data = _payload_digest(message, state, None)[2]
     if ctype == "text/rfc822-headers" or (in_report and ctype == "message/rfc822"):
         headers = HeaderParser(policy=policy.compat32).parsestr(decode_bytes(data, declared)[0])
         if not state.returned_headers:
@@ -484,24 +592,6 @@ def _walk(message: Message, state: _Walk, charset_hint: str | None, in_report: b
                     entry.setdefault("original-envelope-id", first["original-envelope-id"])
                 state.delivery_status.append(entry)
         return
-
-    is_text_attachment = ctype in TEXT_ATTACHMENT_TYPES or filename.lower().endswith(TEXT_ATTACHMENT_SUFFIXES)
-    if attachment:
-        scanned = is_text_attachment
-        state.attachments.append(
-            Attachment(
-                filename=filename,
-                content_type=ctype,
-                size=len(data),
-                sha256=hashlib.sha256(data).hexdigest(),
-                scanned=scanned,
-            )
-        )
-        if scanned:
-            if len(data) > MAX_SCANNED_TEXT_BYTES:
-                state.defects.append(f"attachment {filename!r} scanned only in its first 2 MiB")
-            state.text_parts.append(decode_bytes(data[:MAX_SCANNED_TEXT_BYTES], declared)[0])
-        return
     if ctype == "text/html":
         if declared is None:
             meta = META_CHARSET.search(data[:4096])
@@ -511,19 +601,7 @@ def _walk(message: Message, state: _Walk, charset_hint: str | None, in_report: b
             state.html = html
         state.text_parts.append(html_to_text(html))
         return
-    if ctype.startswith("text/") or ctype == "message/rfc822":
-        state.text_parts.append(decode_bytes(data, declared)[0])
-        return
-    # Any other inline binary part: recorded like an attachment, never decoded as text.
-    state.attachments.append(
-        Attachment(
-            filename=filename,
-            content_type=ctype,
-            size=len(data),
-            sha256=hashlib.sha256(data).hexdigest(),
-            scanned=False,
-        )
-    )
+    state.text_parts.append(decode_bytes(data, declared)[0])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -548,7 +626,7 @@ def _stable_hash(raw: bytes) -> str:
         name, _, value = line.partition(b":")
         if name.strip().lower().decode("ascii", "replace") in STABLE_HEADERS:
             kept.append(name.strip().lower() + b":" + b" ".join(value.split()))
-    body = b"\n".join(line.rstrip() for line in body.splitlines()).rstrip()
+    body = body.replace(b"\r\n", b"\n").rstrip()  # copies, never a list of lines (20 MB bodies)
     digest = hashlib.sha256()
     digest.update(b"\n".join(sorted(kept)))
     digest.update(b"\n\n")
@@ -573,8 +651,9 @@ def parse_message(raw: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ParsedMe
     if b"\x00" in raw[:8192] and raw[:8192].count(b"\x00") > 16:
         raise MailParseError("binary data, not a mail message (NUL bytes in the header block)")
 
+    reduced, spans = _elide_base64_runs(stripped)
     try:
-        message = BytesParser(policy=policy.default).parsebytes(stripped)
+        message = BytesParser(policy=policy.default).parsebytes(reduced)
     except Exception as exc:  # the parser is lenient; anything raised here is a parser bug on garbage
         raise MailParseError(f"MIME parser failed: {type(exc).__name__}: {exc}") from None
 
@@ -607,7 +686,7 @@ def parse_message(raw: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ParsedMe
         except (TypeError, ValueError, IndexError):
             date = None
 
-    state = _Walk()
+    state = _Walk(source=stripped, spans=spans)
     try:
         _walk(message, state, charset_hint, False, 0)
     except RecursionError:
