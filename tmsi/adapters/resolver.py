@@ -797,6 +797,7 @@ class StaticDns:
     zones: dict[str, int] = field(default_factory=dict)  # origin -> negative TTL
     data: dict[str, dict[str, list[tuple[int, str]]]] = field(default_factory=dict)
     label: str = "static"
+    follow_cnames: bool = True  # False: answer a CNAME alone, like a server without the target zone
 
     def add_zone(self, origin: str, negative_ttl: int = 60) -> None:
         self.zones[absolute(origin)] = negative_ttl
@@ -847,7 +848,7 @@ class StaticDns:
                 ttl, target = node["CNAME"][0]
                 records.append(DnsRecord(owner, "CNAME", ttl, target))
                 owner = target
-                if self._zone_of(owner) is None:
+                if self._zone_of(owner) is None or not self.follow_cnames:
                     break
                 continue
             if not records:
