@@ -26,8 +26,15 @@ from tmsi.adapters.resolver import (
 QNAME = "7.2.0.192.in-addr.arpa."
 
 
-def _reply(qname: str, qtype: str, *answers: tuple[str, int, str, str], rcode: int = 0, aa: bool = True,
-           soa: bool = False, ns: bool = False) -> bytes:
+def _reply(
+    qname: str,
+    qtype: str,
+    *answers: tuple[str, int, str, str],
+    rcode: int = 0,
+    aa: bool = True,
+    soa: bool = False,
+    ns: bool = False,
+) -> bytes:
     query = dns.message.make_query(qname, qtype)
     msg = dns.message.make_response(query)
     msg.set_rcode(dns.rcode.Rcode(rcode))
@@ -39,10 +46,19 @@ def _reply(qname: str, qtype: str, *answers: tuple[str, int, str, str], rcode: i
     for owner, ttl, kind, value in answers:
         msg.answer.append(dns.rrset.from_text(owner, ttl, "IN", kind, value))
     if soa:
-        msg.authority.append(dns.rrset.from_text("2.0.192.in-addr.arpa.", 300, "IN", "SOA",
-                                                 "ns1.example.test. hostmaster.example.test. 1 3600 600 86400 60"))
+        msg.authority.append(
+            dns.rrset.from_text(
+                "2.0.192.in-addr.arpa.",
+                300,
+                "IN",
+                "SOA",
+                "ns1.example.test. hostmaster.example.test. 1 3600 600 86400 60",
+            )
+        )
     if ns:
-        msg.authority.append(dns.rrset.from_text("2.0.192.in-addr.arpa.", 300, "IN", "NS", "ns1.example.test."))
+        msg.authority.append(
+            dns.rrset.from_text("2.0.192.in-addr.arpa.", 300, "IN", "NS", "ns1.example.test.")
+        )
     return msg.to_wire()
 
 
@@ -55,7 +71,10 @@ def test_query_wire_is_what_dnspython_would_send():
     expected = dns.message.make_query(QNAME, "PTR", use_edns=0, payload=1232)
     expected.id = 0x1234
     assert msg == expected
-    assert dns.message.from_wire(build_query(1, question_wire("mail6.Example.test", "AAAA"))).question[0].rdtype == 28
+    assert (
+        dns.message.from_wire(build_query(1, question_wire("mail6.Example.test", "AAAA"))).question[0].rdtype
+        == 28
+    )
 
 
 @pytest.mark.parametrize(
@@ -63,8 +82,13 @@ def test_query_wire_is_what_dnspython_would_send():
     [
         ([(QNAME, 300, "PTR", "Static-Customer-7.isp.example.")], "PTR"),
         ([(QNAME, 300, "PTR", "a.example.test."), (QNAME, 300, "PTR", "b.isp.example.")], "PTR"),
-        ([(QNAME, 60, "CNAME", "7.0-25.2.0.192.in-addr.arpa."), ("7.0-25.2.0.192.in-addr.arpa.", 120, "PTR",
-                                                                 "host.isp.example.")], "PTR"),
+        (
+            [
+                (QNAME, 60, "CNAME", "7.0-25.2.0.192.in-addr.arpa."),
+                ("7.0-25.2.0.192.in-addr.arpa.", 120, "PTR", "host.isp.example."),
+            ],
+            "PTR",
+        ),
     ],
 )
 def test_fast_reader_matches_dnspython(answers, kind):
@@ -84,7 +108,12 @@ def test_reader_reports_negative_ttl_referral_and_rcodes():
     answer = DnsAnswer(QNAME, "PTR")
     classify_reply(referral, answer)
     assert answer.error == ErrorKind.LAME and answer.detail == "referral"
-    for rcode, kind in ((2, ErrorKind.SERVFAIL), (5, ErrorKind.REFUSED), (1, ErrorKind.FORMERR), (4, ErrorKind.RCODE)):
+    for rcode, kind in (
+        (2, ErrorKind.SERVFAIL),
+        (5, ErrorKind.REFUSED),
+        (1, ErrorKind.FORMERR),
+        (4, ErrorKind.RCODE),
+    ):
         reply = parse_reply(_reply(QNAME, "PTR", rcode=rcode), question_wire(QNAME, "PTR"), QNAME)
         answer = DnsAnswer(QNAME, "PTR")
         assert reply is not None
@@ -94,8 +123,12 @@ def test_reader_reports_negative_ttl_referral_and_rcodes():
 
 def test_reply_for_another_question_is_rejected_and_odd_names_take_the_slow_path():
     wire = _reply(QNAME, "PTR", (QNAME, 300, "PTR", "host.isp.example."))
-    assert parse_reply_any(wire, question_wire("8.2.0.192.in-addr.arpa.", "PTR"), "8.2.0.192.in-addr.arpa.",
-                           "PTR") is None
+    assert (
+        parse_reply_any(
+            wire, question_wire("8.2.0.192.in-addr.arpa.", "PTR"), "8.2.0.192.in-addr.arpa.", "PTR"
+        )
+        is None
+    )
     assert parse_reply(wire, question_wire(QNAME, "A"), QNAME) is None  # same name, other type
     odd = _reply(QNAME, "PTR", (QNAME, 300, "PTR", r"we\.ird\032name.isp.example."))
     with pytest.raises(SlowPath):
@@ -124,7 +157,9 @@ def test_static_dns_semantics_match_knot():
 
 
 def test_fake_resolver_injects_errors_and_logs():
-    fake = FakeResolver().host("192.0.2.7", "static-7.isp.example").fail("x.isp.example", "A", ErrorKind.TIMEOUT)
+    fake = (
+        FakeResolver().host("192.0.2.7", "static-7.isp.example").fail("x.isp.example", "A", ErrorKind.TIMEOUT)
+    )
     ok, broken = fake.resolve_many([(QNAME, "PTR"), ("x.isp.example", "A")])
     assert ok.records[0].value == "static-7.isp.example." and broken.error == ErrorKind.TIMEOUT
     assert fake.log == [(QNAME, "PTR"), ("x.isp.example.", "A")]

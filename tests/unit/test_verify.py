@@ -34,8 +34,17 @@ def ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 def add_target(session, case: Case, network: str) -> CaseTarget:
     net = ipaddress.ip_network(network)
     version, start, end = network_keys(net)
-    target = CaseTarget(network=str(net), version=version, prefixlen=net.prefixlen, start_key=start, end_key=end,
-                        status=TargetStatus.PENDING, summary={}, authority_evidence={}, next_check_at=utcnow())
+    target = CaseTarget(
+        network=str(net),
+        version=version,
+        prefixlen=net.prefixlen,
+        start_key=start,
+        end_key=end,
+        status=TargetStatus.PENDING,
+        summary={},
+        authority_evidence={},
+        next_check_at=utcnow(),
+    )
     case.targets.append(target)
     session.flush()
     return target
@@ -63,8 +72,12 @@ def test_static_forward_confirmed_address_passes_with_evidence():
         ("7.2.0.192.in-addr.arpa.", "PTR", "NOERROR"),
         ("static-customer-7.isp.example.", "A", "NOERROR"),
     ]
-    assert queries[0]["answers"][0] == {"name": "7.2.0.192.in-addr.arpa.", "type": "PTR", "ttl": 120,
-                                        "value": "static-customer-7.isp.example."}
+    assert queries[0]["answers"][0] == {
+        "name": "7.2.0.192.in-addr.arpa.",
+        "type": "PTR",
+        "ttl": 120,
+        "value": "static-customer-7.isp.example.",
+    }
     assert queries[0]["resolver"] == "fake" and queries[0]["at"] > 0
     assert result.min_ttl == 120
 
@@ -77,8 +90,11 @@ def test_missing_ptr_fails_and_keeps_the_negative_ttl():
 
 
 def test_forward_mismatch_and_missing_forward_fail():
-    fake = FakeResolver().ptr("198.51.100.20", "static-198-51-100-20.isp.example").forward(
-        "static-198-51-100-20.isp.example", "198.51.100.99", ttl=30)
+    fake = (
+        FakeResolver()
+        .ptr("198.51.100.20", "static-198-51-100-20.isp.example")
+        .forward("static-198-51-100-20.isp.example", "198.51.100.99", ttl=30)
+    )
     mismatch = verify.check_address(fake, "198.51.100.20")
     assert mismatch.result == CheckResult.FAIL and mismatch.headline == "PTR name resolves to other addresses"
     assert "resolves to 198.51.100.99, not 198.51.100.20" in mismatch.reasons[0] and mismatch.min_ttl == 30
@@ -97,18 +113,24 @@ def test_dynamic_name_fails_even_when_forward_confirmed():
 
 @pytest.mark.parametrize("kind", [ErrorKind.TIMEOUT, ErrorKind.SERVFAIL, ErrorKind.REFUSED, ErrorKind.LAME])
 def test_errors_on_the_ptr_make_it_unverifiable(kind):
-    fake = FakeResolver().host("192.0.2.7", "static-7.isp.example").fail("7.2.0.192.in-addr.arpa", "PTR", kind)
+    fake = (
+        FakeResolver().host("192.0.2.7", "static-7.isp.example").fail("7.2.0.192.in-addr.arpa", "PTR", kind)
+    )
     result = verify.check_address(fake, "192.0.2.7")
     assert result.result == CheckResult.UNVERIFIABLE
     assert f": {kind}" in result.reasons[0] and "could not check" in result.reasons[0]
 
 
 def test_forward_error_is_unverifiable_but_a_definite_failure_still_fails():
-    fake = FakeResolver().host("192.0.2.7", "static-7.isp.example").fail("static-7.isp.example", "A",
-                                                                           ErrorKind.SERVFAIL)
+    fake = (
+        FakeResolver()
+        .host("192.0.2.7", "static-7.isp.example")
+        .fail("static-7.isp.example", "A", ErrorKind.SERVFAIL)
+    )
     assert verify.check_address(fake, "192.0.2.7").result == CheckResult.UNVERIFIABLE
-    fake.host("192.0.2.8", "dyn-192-0-2-8.pool.isp.example").fail("dyn-192-0-2-8.pool.isp.example", "A",
-                                                                   ErrorKind.TIMEOUT)
+    fake.host("192.0.2.8", "dyn-192-0-2-8.pool.isp.example").fail(
+        "dyn-192-0-2-8.pool.isp.example", "A", ErrorKind.TIMEOUT
+    )
     assert verify.check_address(fake, "192.0.2.8").result == CheckResult.FAIL  # dynamic whatever the A says
 
 
@@ -157,8 +179,10 @@ def test_range_summary_groups_failures_into_ranges_and_reports_progress():
     assert summary.result == CheckResult.FAIL
     data = summary.as_dict()
     groups = {g["reason"]: g["ranges"] for g in data["failing"]}
-    assert groups == {"no PTR record": ["203.0.113.120-203.0.113.255"],
-                      "PTR name is dynamic": ["203.0.113.100-203.0.113.119"]}
+    assert groups == {
+        "no PTR record": ["203.0.113.120-203.0.113.255"],
+        "PTR name is dynamic": ["203.0.113.100-203.0.113.119"],
+    }
     assert data["unverifiable_groups"][0]["ranges"] == ["203.0.113.50"]
     assert data["passing"] == ["203.0.113.0-203.0.113.49", "203.0.113.51-203.0.113.99"]
     assert [p.done for p in seen] == [64, 128, 192, 256] and seen[-1].total == 256
@@ -168,8 +192,9 @@ def test_range_summary_groups_failures_into_ranges_and_reports_progress():
 
 def test_ipv6_prefix_is_sampled_not_enumerated():
     fake = FakeResolver().host("2001:db8:1::25", "mail6.example.test")
-    summary = verify.verify_network(fake, "2001:db8:1::/48", sample_v6=8, named_addresses=[ip("2001:db8:1::25"),
-                                                                                            ip("192.0.2.1")])
+    summary = verify.verify_network(
+        fake, "2001:db8:1::/48", sample_v6=8, named_addresses=[ip("2001:db8:1::25"), ip("192.0.2.1")]
+    )
     assert summary.sampled and summary.checked == 9 and summary.passed == 1
     assert "not enumerated" in summary.note and "1 address(es) named" in summary.note
     again = verify.verify_network(fake, "2001:db8:1::/48", sample_v6=8)
@@ -200,17 +225,28 @@ def test_verify_target_stores_run_checks_and_schedules_recheck(session, settings
     target = case.targets[0]
     fake = FakeResolver().host("192.0.2.1", "static-1.isp.example").host("192.0.2.2", "mail.isp.example")
     now = utcnow()
-    run = verify.verify_target(session, target, fake, "manual", "analyst@example.test", settings=settings, now=now)
+    run = verify.verify_target(
+        session, target, fake, "manual", "analyst@example.test", settings=settings, now=now
+    )
     assert run.status == RunStatus.DONE and run.result == CheckResult.FAIL
     assert (run.total, run.done, run.passed, run.failed) == (4, 4, 2, 2)
     assert run.requested_by == "analyst@example.test" and run.min_ttl == 60
-    checks = session.scalars(select(DnsCheck).where(DnsCheck.run_id == run.id).order_by(DnsCheck.address)).all()
-    assert [c.address for c in checks] == ["192.0.2.0", "192.0.2.1", "192.0.2.2", "192.0.2.3"]  # small: all kept
+    checks = session.scalars(
+        select(DnsCheck).where(DnsCheck.run_id == run.id).order_by(DnsCheck.address)
+    ).all()
+    assert [c.address for c in checks] == [
+        "192.0.2.0",
+        "192.0.2.1",
+        "192.0.2.2",
+        "192.0.2.3",
+    ]  # small: all kept
     assert checks[0].result == CheckResult.FAIL and checks[0].evidence["queries"][0]["rcode"] == "NXDOMAIN"
     assert target.status == TargetStatus.FAIL and target.check_attempts == 1
     assert target.next_check_at == now + timedelta(minutes=15)
-    assert target.summary["failing"] == [{"address": "192.0.2.0", "reason": "no PTR record"},
-                                         {"address": "192.0.2.3", "reason": "no PTR record"}]
+    assert target.summary["failing"] == [
+        {"address": "192.0.2.0", "reason": "no PTR record"},
+        {"address": "192.0.2.3", "reason": "no PTR record"},
+    ]
     assert case.verification_result == CheckResult.FAIL
 
 
@@ -230,8 +266,9 @@ def test_big_ranges_keep_only_failing_rows(session, settings):
 def test_settle_case_ready_when_everything_passes(session, settings):
     case = new_case(session, "192.0.2.7/32")
     cases.transition(session, case, CaseStatus.VERIFYING)
-    verify.verify_target(session, case.targets[0], FakeResolver().host("192.0.2.7", "static-7.isp.example"),
-                         settings=settings)
+    verify.verify_target(
+        session, case.targets[0], FakeResolver().host("192.0.2.7", "static-7.isp.example"), settings=settings
+    )
     assert verify.settle_case(session, case, settings, delist=None) == "ready"
     assert case.status == CaseStatus.READY_FOR_DECISION and case.verification_result == CheckResult.PASS
 
@@ -290,11 +327,14 @@ def test_reverify_due_claims_rechecks_and_moves_the_case(factory, settings):
     assert verify.job_reverify_due(settings, factory, now=due_at, resolver=fake, delist=None) == 1
     with unit_of_work(factory) as session:
         target = session.get_one(CaseTarget, target_id)
-        assert target.status == TargetStatus.PASS and target.next_check_at is None and target.claimed_by is None
+        assert (
+            target.status == TargetStatus.PASS and target.next_check_at is None and target.claimed_by is None
+        )
         assert session.get_one(Case, case_id).status == CaseStatus.READY_FOR_DECISION
-        runs = session.scalars(select(VerificationRun).where(VerificationRun.target_id == target_id)
-                               .order_by(VerificationRun.id)).all()
-        assert [r.id for r in runs][0] == first and [r.trigger for r in runs] == ["manual", "reverify"]
+        runs = session.scalars(
+            select(VerificationRun).where(VerificationRun.target_id == target_id).order_by(VerificationRun.id)
+        ).all()
+        assert runs[0].id == first and [r.trigger for r in runs] == ["manual", "reverify"]
         assert [r.result for r in runs] == [CheckResult.FAIL, CheckResult.PASS]
     assert verify.job_reverify_due(settings, factory, now=due_at + timedelta(days=1), resolver=fake) == 0
 
@@ -306,7 +346,9 @@ def test_claims_are_exclusive(factory, settings):
     now = utcnow() + timedelta(seconds=1)
     assert verify.claim_due(factory, now, 10, "worker-a") == [target_id]
     assert verify.claim_due(factory, now, 10, "worker-b") == []
-    assert verify.claim_due(factory, now + verify.CLAIM_LEASE + timedelta(seconds=1), 10, "worker-b") == [target_id]
+    assert verify.claim_due(factory, now + verify.CLAIM_LEASE + timedelta(seconds=1), 10, "worker-b") == [
+        target_id
+    ]
 
 
 def test_chunked_run_merges_into_one_result(factory, settings):
@@ -319,18 +361,30 @@ def test_chunked_run_merges_into_one_result(factory, settings):
         target_id = case.targets[0].id
     items = verify.job_plan_chunks(settings, factory, target_id, size=64)
     assert len(items) == 4
-    finished = [verify.job_verify_chunk(settings, factory, run_id, chunk, resolver=fake, delist=None)
-                for run_id, chunk in reversed(items)]
+    finished = [
+        verify.job_verify_chunk(settings, factory, run_id, chunk, resolver=fake, delist=None)
+        for run_id, chunk in reversed(items)
+    ]
     assert finished == [False, False, False, True]
-    assert verify.job_verify_chunk(settings, factory, *items[0], resolver=fake) is False  # retried task: no-op
+    assert (
+        verify.job_verify_chunk(settings, factory, *items[0], resolver=fake) is False
+    )  # retried task: no-op
     with unit_of_work(factory) as session:
         run = session.get_one(VerificationRun, items[0][0])
         assert (run.status, run.done, run.passed, run.failed) == (RunStatus.DONE, 256, 253, 3)
-        assert run.summary["failing"] == [{"reason": "no PTR record", "count": 3,
-                                           "ranges": ["198.51.100.0", "198.51.100.100", "198.51.100.200"]}]
+        assert run.summary["failing"] == [
+            {
+                "reason": "no PTR record",
+                "count": 3,
+                "ranges": ["198.51.100.0", "198.51.100.100", "198.51.100.200"],
+            }
+        ]
         assert run.summary["passing"][0] == "198.51.100.1-198.51.100.99"
         checks = session.scalars(select(DnsCheck).where(DnsCheck.run_id == run.id)).all()
         assert len(checks) == 256  # a /24 is small enough to keep every address's evidence
         assert sorted(c.address for c in checks if c.result == CheckResult.FAIL) == [
-            "198.51.100.0", "198.51.100.100", "198.51.100.200"]
+            "198.51.100.0",
+            "198.51.100.100",
+            "198.51.100.200",
+        ]
         assert session.get_one(CaseTarget, target_id).status == TargetStatus.FAIL
