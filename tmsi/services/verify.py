@@ -467,6 +467,11 @@ def verify_network(
     return summary
 
 
+def rules_for(settings: Settings) -> rdns.Rules | None:
+    """The classifier rules: the packaged ones plus the lead's per-ISP file, if configured."""
+    return rdns.load_rules(settings.rdns_rules_file) if settings.rdns_rules_file else None
+
+
 # --- storing a run ------------------------------------------------------------------------------
 
 
@@ -683,6 +688,7 @@ def verify_target(
         progress_cb,
         sample_v6=settings.ipv6_sample_size,
         named_addresses=named_addresses_for(target),
+        rules=rules_for(settings),
     )
     return record_run(session, run, target, summary, settings=settings, now=now)
 
@@ -943,6 +949,7 @@ def run_target_verification(
             ProgressWriter(factory, run_id),
             sample_v6=settings.ipv6_sample_size,
             named_addresses=named,
+            rules=rules_for(settings),
         )
     except Exception as exc:
         with unit_of_work(factory) as session:
@@ -1036,7 +1043,9 @@ def job_verify_chunk(
         run = session.get_one(VerificationRun, run_id)
         target = session.get_one(CaseTarget, run.target_id)
         named = named_addresses_for(target)
-    summary = verify_network(resolver, chunk, sample_v6=settings.ipv6_sample_size, named_addresses=named)
+    summary = verify_network(
+        resolver, chunk, sample_v6=settings.ipv6_sample_size, named_addresses=named, rules=rules_for(settings)
+    )
     with unit_of_work(factory) as session:
         stmt = select(VerificationRun).where(VerificationRun.id == run_id)
         if session.get_bind().dialect.name == "postgresql":
