@@ -12,6 +12,7 @@ import codecs
 import hashlib
 import quopri
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
 from email import policy
@@ -156,6 +157,48 @@ def _detect(data: bytes) -> str | None:
     return best.encoding if best is not None else None
 
 
+# Detector answers that short or mixed mail text produces but real mail almost never uses.
+IMPLAUSIBLE_DETECTIONS = (
+    "mac_",
+    "cp037",
+    "cp500",
+    "cp1026",
+    "cp273",
+    "cp424",
+    "cp875",
+    "hp_roman",
+    "ptcp154",
+)
+LATIN_PUNCTUATION = frozenset(
+    "\u201c\u201d\u201e\u2018\u2019\u201a\u2013\u2014\u20ac\u2026\u00ab\u00bb\u00b0\u00a7\u00a0\u00b7"
+)
+
+
+def _latin_plausible(data: bytes) -> bool:
+    """Windows-1252 text: every non-ASCII character a Latin letter or common punctuation, in short runs.
+
+    CJK double-byte text read as 1252 yields long runs and symbols; Western text has at most a few
+    accented letters in a row.
+    """
+    try:
+        text = data.decode("cp1252")
+    except UnicodeDecodeError:
+        return False
+    run = 0
+    for ch in text:
+        if ch.isascii():
+            run = 0
+            continue
+        run += 1
+        if run > 3:
+            return False
+        if ch in LATIN_PUNCTUATION:
+            continue
+        if not (ch.isalpha() and "LATIN" in unicodedata.name(ch, "")):
+            return False
+    return True
+
+
 def decode_bytes(data: bytes, declared: str | None = None) -> tuple[str, str]:
     """Decode ``data`` as text: the declared charset (or its superset), else detection, else fallbacks.
 
@@ -184,8 +227,10 @@ def decode_bytes(data: bytes, declared: str | None = None) -> tuple[str, str]:
                         pass
     if _valid_utf8(data):
         return data.decode("utf-8"), "utf-8"
+    if _latin_plausible(data):
+        return data.decode("cp1252"), "cp1252"
     guessed = _detect(data)
-    if guessed:
+    if guessed and not guessed.lower().startswith(IMPLAUSIBLE_DETECTIONS):
         codec = _lookup_codec(CHARSET_SUPERSETS.get(guessed.lower(), guessed))
         if codec:
             try:
@@ -516,6 +561,32 @@ class _Walk:
     spans: list[tuple[int, int]] = field(default_factory=list)
 
 
+BOUNDARY_LINE = re.compile(r"^--([^\s]{1,70}?)(?:--)?[ \t]*\r?$", re.MULTILINE)
+
+
+def _walk_broken_multipart(
+    message: Message, state: _Walk, charset_hint: str | None, in_report: bool, depth: int
+) -> None:
+    """A multipart whose declared boundary never appears: use the boundary the body actually has, or
+    read the body as plain text."""
+    payload = message.get_payload()
+    body = payload if isinstance(payload, str) else ""
+    match = BOUNDARY_LINE.search(body)
+    if match:
+        state.defects.append(f"declared MIME boundary not found; used {match.group(1)!r} from the body")
+        head = f'Content-Type: multipart/mixed; boundary="{match.group(1)}"\r\n\r\n'
+        repaired = BytesParser(policy=policy.default).parsebytes(
+            head.encode("ascii") + body.encode("ascii", "surrogateescape")
+        )
+        if repaired.is_multipart():
+            for sub in repaired.get_payload():
+                if isinstance(sub, Message):
+                    _walk(sub, state, charset_hint, in_report, depth + 1)
+            return
+    state.defects.append("multipart without any boundary: body read as text")
+    state.text_parts.append(decode_bytes(body.encode("ascii", "surrogateescape"), charset_hint)[0])
+
+
 def _walk(message: Message, state: _Walk, charset_hint: str | None, in_report: bool, depth: int) -> None:
     if depth > 30:
         state.defects.append("MIME nesting deeper than 30 levels; rest not read")
@@ -555,6 +626,9 @@ def _walk(message: Message, state: _Walk, charset_hint: str | None, in_report: b
                     _walk(sub, state, charset_hint, sub_report, depth + 1)
         return
 
+    if ctype.startswith("multipart/"):
+        _walk_broken_multipart(message, state, charset_hint, in_report, depth)
+        return
     filename = _safe_filename(message, charset_hint)
     attachment = _is_attachment(message, filename)
     declared = message.get_param("charset")
