@@ -6,7 +6,7 @@ from typing import Any
 
 from flask.cli import FlaskGroup
 
-from tmsi.cli import db, listings, mail
+from tmsi.cli import authority, db, listings, mail
 
 
 def _create_app() -> Any:
@@ -24,3 +24,4 @@ main = FlaskGroup(
 main.add_command(db.db)
 main.add_command(listings.listings)
 main.add_command(mail.mail)
+main.add_command(authority.authority)

@@ -212,8 +212,20 @@ class Sender:
     authors: int  # addresses in From: DMARC needs exactly one
 
 
+_SINGLE_AUTHOR = re.compile(r'^\s*(?P<name>(?:"(?:[^"\\]|\\.)*"|[^<"])*)<(?P<addr>[^<>@\s]+@[^<>\s]+)>\s*$')
+
+
 def sender_of(headers: Sequence[tuple[str, str]]) -> Sender:
+    """The From author. ``Name <addr>`` is read as one author even when the name is an unquoted address
+    (``abuse@isp.example <x@attacker.test>``, a classic display-name spoof that getaddresses splits)."""
     values = [v for n, v in headers if n.lower() == "from"]
+    if len(values) == 1:
+        single = _SINGLE_AUTHOR.match(values[0])
+        if single:
+            name = decode_header_value(single.group("name").strip())
+            if len(name) >= 2 and name[0] == name[-1] == '"':
+                name = name[1:-1].replace('\\"', '"')
+            return Sender(single.group("addr").strip().lower(), name.strip(), 1)
     pairs = [(decode_header_value(n), a.strip().lower()) for n, a in getaddresses(values) if a.strip()]
     if not pairs:
         return Sender("", "", 0)
