@@ -280,7 +280,7 @@ def _judge(
             failing_answers += answers
     if not verdict.passes:
         fails += verdict.reasons
-        headline = headline or f"PTR name is {verdict.verdict.value}"
+        headline = f"PTR name is {verdict.verdict.value}"  # what the ISP must change first
         failing_answers += ptr_answers
     if fails:
         return AddressResult(
