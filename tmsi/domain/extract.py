@@ -68,7 +68,8 @@ IGNORE_REASONS = (
 @dataclass
 class ExtractedTargets:
     networks: list[IPNetwork] = field(default_factory=list)
-    sources: dict[str, str] = field(default_factory=dict)  # cidr -> text as written
+    # cidr -> text as written (dashes, full-width forms and defanged dots folded to ASCII)
+    sources: dict[str, str] = field(default_factory=dict)
     oversized: list[str] = field(default_factory=list)  # cidrs larger than the configured limit
     masked: bool = False
     masked_samples: list[str] = field(default_factory=list)
@@ -112,7 +113,7 @@ RANGE_SEP = (
 MOCT = r"(?:[*xX?#]{1,3}|\d{1,2}[*xX]{1,2}|[*xX]{1,2}\d{1,2})"
 ANY_OCT = rf"(?:{OCT}|{MOCT})"
 
-V4_START = r"(?<![\d.])"
+V4_START = r"(?<!\d)(?<!\d\.)"  # not inside a longer dotted number; "host.203..." is checked later
 V4_END = r"(?!\.?\d)"
 
 DNSBL_V4_TEMPLATE = r"(?<![\w.-])({oct}(?:\.{oct}){{3}})\.{zone}\.?(?![\w-])"
