@@ -106,6 +106,7 @@ class Rules:
     compound_words: frozenset[str]
     fillers: frozenset[str]
     schemes: tuple[Scheme, ...]
+    any_scheme: re.Pattern[str]  # all scheme patterns in one: most names match none, one search says so
     isp: Mapping[str, tuple[IspPattern, ...]]
     strong_dynamic_weight: int = 10
     no_address_dynamic_weight: int = 8
@@ -214,6 +215,9 @@ def load_rules(extra_path: str | None = None) -> Rules:
         compound_words=compound_words,
         fillers=fillers,
         schemes=tuple(acc["schemes"]),
+        any_scheme=re.compile(
+            "|".join(f"(?:{scheme.pattern.pattern})" for scheme in acc["schemes"]) or "(?!)"
+        ),
         isp={domain: tuple(rules) for domain, rules in acc["isp"].items()},
         sources=tuple(str(p) for p in paths),
         **acc["decision"],
@@ -228,6 +232,7 @@ def default_rules() -> Rules:
 # --- name normalisation ------------------------------------------------------------------------------------
 
 _VALID_NAME = re.compile(r"[a-z0-9_.-]+")
+_WELL_FORMED = re.compile(r"(?:[a-z0-9_-]{1,63}\.)+[a-z0-9_-]{1,63}")
 _ADDRESS_LITERAL = re.compile(r"[0-9.]+|[0-9a-f:.]*:[0-9a-f:.]*")
 _CHUNK = re.compile(r"[^\s._-]+")
 _ALPHA_OR_DIGITS = re.compile(r"[^\W\d_]+|\d+")
@@ -250,6 +255,12 @@ def _normalise(ptr_name: str) -> tuple[str, str | None]:
         except UnicodeError:
             return name.lower(), "not a valid internationalised domain name"
     name = name.lower()
+    if len(name) <= 253 and _WELL_FORMED.fullmatch(name):  # the common case: skip the diagnostics
+        if _ADDRESS_LITERAL.fullmatch(name):
+            return name, "the name is an address literal, not a host name"
+        if name.endswith((".in-addr.arpa", ".ip6.arpa")):
+            return name, "the name is a reverse-zone name, not a host name"
+        return name, None
     if len(name) > 253:
         return name, f"name is {len(name)} characters long (the limit is 253)"
     if not _VALID_NAME.fullmatch(name):
@@ -553,7 +564,7 @@ def classify(address: str | IPAddress, ptr_name: str, rules: Rules | None = None
     host = masked[: max(host_len, 0)]
     schemes_dynamic: list[str] = []
     generated: list[tuple[int, int]] = []  # label spans of generated ids (count like an embedding)
-    if host_len > 0:
+    if host_len > 0 and rules.any_scheme.search(host):
         for scheme in rules.schemes:
             m = scheme.pattern.search(host)
             if m:
@@ -579,23 +590,35 @@ def classify(address: str | IPAddress, ptr_name: str, rules: Rules | None = None
         for token, how in _label_tokens(label, rules):
             hits.append(_Hit(token, number, how, in_domain))
 
-    host_hits = [h for h in hits if not h.in_domain]
-    static_hits = [h for h in host_hits if h.token.kind == "static"]
-    dynamic_hits = [h for h in host_hits if h.token.kind == "dynamic"]
-    server_hits = [h for h in host_hits if h.token.kind == "server"]
-    for h in host_hits:
-        if h.token.kind == "placeholder":
+    static_hits: list[_Hit] = []
+    dynamic_hits: list[_Hit] = []
+    server_hits: list[_Hit] = []
+    domain_dynamic: list[_Hit] = []
+    ignored: list[_Hit] = []
+    for h in hits:
+        kind = h.token.kind
+        if h.in_domain:
+            if kind == "dynamic":
+                domain_dynamic.append(h)
+            elif kind == "static":
+                ignored.append(h)
+        elif kind == "dynamic":
+            dynamic_hits.append(h)
+        elif kind == "static":
+            static_hits.append(h)
+        elif kind == "server":
+            server_hits.append(h)
+        else:
             reasons.append(f"{_describe(h)}: a placeholder, not a host name")
             generated.append((h.label, h.label))
     embedded = bool(full or partial or generated)
     if embedded:
         # with the address in the name, dynamic words of the ISP's domain count too (203-0-113-7.cable-isp)
-        dynamic_hits += [h for h in hits if h.in_domain and h.token.kind == "dynamic"]
+        dynamic_hits += domain_dynamic
     for h in static_hits + dynamic_hits:
         reasons.append(_describe(h))
-    for h in hits:
-        if h.in_domain and h.token.kind == "static":
-            reasons.append(f"{_describe(h)} ignored: a static claim must be in the host part")
+    for h in ignored:
+        reasons.append(f"{_describe(h)} ignored: a static claim must be in the host part")
 
     strong = [h for h in dynamic_hits if h.token.weight >= rules.strong_dynamic_weight]
     isp_dynamic = [r for r in isp_verdicts if r.verdict is NameVerdict.DYNAMIC]
