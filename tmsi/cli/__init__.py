@@ -6,7 +6,7 @@ from typing import Any
 
 from flask.cli import FlaskGroup
 
-from tmsi.cli import authority, db, listings, mail
+from tmsi.cli import authority, db, listings, mail, users
 
 
 def _create_app() -> Any:
@@ -25,3 +25,4 @@ main.add_command(db.db)
 main.add_command(listings.listings)
 main.add_command(mail.mail)
 main.add_command(authority.authority)
+main.add_command(users.users)

@@ -6,7 +6,13 @@ from flask import Flask
 
 
 def register_web(app: Flask) -> None:
-    from tmsi.web import api, errors
+    from tmsi.web import api, api_cases, auth, errors, extensions, ui
 
     errors.register(app)
+    extensions.init_extensions(app, app.config["TMSI"])
+    auth.init_auth(app)
     app.register_blueprint(api.bp)
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(ui.bp)
+    app.register_blueprint(api_cases.bp)
+    extensions.csrf.exempt(api_cases.bp)

@@ -1,0 +1,298 @@
+"""The case queue: filters, full-text and network search, waiting-time order, counts, pagination.
+
+Network search uses the ``(version, start_key)`` index of case targets the way the listings store does:
+a target overlaps a query network exactly when it is one of the query's supernets or starts inside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, and_, func, or_, select, tuple_
+from sqlalchemy.orm import Session
+
+from tmsi.db import utcnow
+from tmsi.domain.networks import IPNetwork, NetworkError, network_keys, parse_network, supernet_keys
+from tmsi.models import Case, CaseStatus, CaseTarget, CheckResult, User
+from tmsi.services.cases import OPEN_STATES
+
+MAX_PER_PAGE = 200
+AGES = {
+    "1h": timedelta(hours=1),
+    "1d": timedelta(days=1),
+    "3d": timedelta(days=3),
+    "7d": timedelta(days=7),
+    "30d": timedelta(days=30),
+}
+SORTS = ("waiting", "-waiting", "created", "-created", "updated")
+
+
+class FilterError(ValueError):
+    """A queue filter that cannot be applied (bad CIDR, unknown status), worded for the analyst."""
+
+
+@dataclass(frozen=True)
+class QueueFilter:
+    statuses: tuple[CaseStatus, ...] = ()  # empty: the open states
+    all_statuses: bool = False
+    assignee: str = ""  # "", "me", "none" or a user id
+    requester_domain: str = ""
+    authority: CheckResult | None = None
+    verification: CheckResult | None = None
+    age: str = ""  # waiting longer than (a key of AGES)
+    text: str = ""
+    network: IPNetwork | None = None
+    sort: str = "waiting"
+    page: int = 1
+    per_page: int = 50
+
+    @property
+    def effective_statuses(self) -> tuple[CaseStatus, ...]:
+        if self.all_statuses:
+            return ()
+        return self.statuses or tuple(s for s in CaseStatus if s in OPEN_STATES)
+
+    def args(self, **changes: Any) -> dict[str, Any]:
+        """The filter as query-string arguments (for links: pages, sorting)."""
+        f = replace(self, **changes) if changes else self
+        out: dict[str, Any] = {}
+        if f.all_statuses:
+            out["status"] = "all"
+        elif f.statuses:
+            out["status"] = [s.value for s in f.statuses]
+        for key, value in (
+            ("assignee", f.assignee),
+            ("domain", f.requester_domain),
+            ("age", f.age),
+            ("q", f.text),
+        ):
+            if value:
+                out[key] = value
+        if f.authority:
+            out["authority"] = f.authority.value
+        if f.verification:
+            out["verification"] = f.verification.value
+        if f.network is not None:
+            out["net"] = str(f.network)
+        if f.sort != "waiting":
+            out["sort"] = f.sort
+        if f.page != 1:
+            out["page"] = f.page
+        if f.per_page != 50:
+            out["per_page"] = f.per_page
+        return out
+
+
+def _enum(cls: Any, value: str, label: str) -> Any:
+    try:
+        return cls(value)
+    except ValueError:
+        raise FilterError(f"unknown {label} {value!r}") from None
+
+
+def parse_filter(args: Any) -> QueueFilter:
+    """A QueueFilter from request args (a MultiDict or a plain dict); raises FilterError on bad input."""
+    getlist = args.getlist if hasattr(args, "getlist") else (lambda k: [args[k]] if k in args else [])
+    raw_statuses = [s for item in getlist("status") for s in str(item).split(",") if s]
+    all_statuses = "all" in raw_statuses
+    statuses = tuple(_enum(CaseStatus, s, "status") for s in raw_statuses if s != "all")
+    authority = args.get("authority") or ""
+    verification = args.get("verification") or ""
+    age = args.get("age") or ""
+    if age and age not in AGES:
+        raise FilterError(f"unknown age {age!r}; use one of {', '.join(AGES)}")
+    net_text = (args.get("net") or "").strip()
+    network = None
+    if net_text:
+        try:
+            network = parse_network(net_text, strict=False)
+        except NetworkError as exc:
+            raise FilterError(str(exc)) from None
+    sort = args.get("sort") or "waiting"
+    if sort not in SORTS:
+        raise FilterError(f"unknown sort {sort!r}")
+    try:
+        page = max(1, int(args.get("page") or 1))
+        per_page = min(MAX_PER_PAGE, max(1, int(args.get("per_page") or 50)))
+    except ValueError:
+        raise FilterError("page and per_page must be numbers") from None
+    assignee = (args.get("assignee") or "").strip()
+    if assignee and assignee not in {"me", "none"} and not assignee.isdigit():
+        raise FilterError("assignee is 'me', 'none' or a user id")
+    return QueueFilter(
+        statuses=statuses,
+        all_statuses=all_statuses,
+        assignee=assignee,
+        requester_domain=(args.get("domain") or "").strip().lower(),
+        authority=_enum(CheckResult, authority, "authority result") if authority else None,
+        verification=_enum(CheckResult, verification, "verification result") if verification else None,
+        age=age,
+        text=(args.get("q") or "").strip()[:200],
+        network=network,
+        sort=sort,
+        page=page,
+        per_page=per_page,
+    )
+
+
+def overlapping_targets_query(network: IPNetwork) -> Select[Any]:
+    """SELECT of every case target that covers, equals or lies inside ``network``."""
+    version, start, end = network_keys(network)
+    return select(CaseTarget).where(
+        CaseTarget.version == version,
+        or_(
+            CaseTarget.start_key.between(start, end),
+            tuple_(CaseTarget.prefixlen, CaseTarget.start_key).in_(supernet_keys(network)),
+        ),
+    )
+
+
+def cases_overlapping(network: IPNetwork) -> Select[Any]:
+    """SELECT of the ids of every case with a target overlapping ``network`` (usable as a subquery)."""
+    version, start, end = network_keys(network)
+    return (
+        select(CaseTarget.case_id)
+        .where(
+            CaseTarget.version == version,
+            or_(
+                CaseTarget.start_key.between(start, end),
+                tuple_(CaseTarget.prefixlen, CaseTarget.start_key).in_(supernet_keys(network)),
+            ),
+        )
+        .distinct()
+    )
+
+
+def _like(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _conditions(f: QueueFilter, user_id: int | None, now: datetime, *, with_status: bool = True) -> list[Any]:
+    cond: list[Any] = []
+    statuses = f.effective_statuses
+    if with_status and statuses:
+        cond.append(Case.status.in_(statuses))
+    if f.assignee == "me":
+        cond.append(Case.assignee_id == (user_id if user_id is not None else -1))
+    elif f.assignee == "none":
+        cond.append(Case.assignee_id.is_(None))
+    elif f.assignee:
+        cond.append(Case.assignee_id == int(f.assignee))
+    if f.requester_domain:
+        cond.append(Case.requester_domain == f.requester_domain)
+    if f.authority is not None:
+        cond.append(Case.authority_result == f.authority)
+    if f.verification is not None:
+        cond.append(Case.verification_result == f.verification)
+    if f.age:
+        cond.append(Case.waiting_since <= now - AGES[f.age])
+    if f.text:
+        pattern = _like(f.text.lower())
+        reference = f.text.strip().upper()
+        cond.append(
+            or_(
+                Case.reference == reference,
+                func.lower(Case.subject).like(pattern, escape="\\"),
+                Case.requester_email.like(pattern, escape="\\"),
+                func.lower(Case.requester_name).like(pattern, escape="\\"),
+                func.lower(Case.search_text).like(pattern, escape="\\"),
+            )
+        )
+    if f.network is not None:
+        cond.append(Case.id.in_(cases_overlapping(f.network)))
+    return cond
+
+
+def _order(f: QueueFilter) -> list[Any]:
+    if f.sort == "waiting":  # longest waiting first; cases not waiting on us last
+        return [Case.waiting_since.is_(None), Case.waiting_since.asc(), Case.id.asc()]
+    if f.sort == "-waiting":
+        return [Case.waiting_since.is_(None), Case.waiting_since.desc(), Case.id.desc()]
+    if f.sort == "created":
+        return [Case.created_at.asc(), Case.id.asc()]
+    if f.sort == "-created":
+        return [Case.created_at.desc(), Case.id.desc()]
+    return [Case.updated_at.desc(), Case.id.desc()]
+
+
+@dataclass
+class QueueRow:
+    case: Case
+    assignee_email: str
+    target_count: int
+    networks: list[str]
+
+
+@dataclass
+class QueuePage:
+    filter: QueueFilter
+    rows: list[QueueRow]
+    total: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.filter.per_page))
+
+
+def search(
+    session: Session,
+    f: QueueFilter,
+    *,
+    user_id: int | None = None,
+    now: datetime | None = None,
+    with_counts: bool = True,
+) -> QueuePage:
+    now = now or utcnow()
+    cond = _conditions(f, user_id, now)
+    total = session.scalar(select(func.count()).select_from(Case).where(and_(True, *cond))) or 0
+    stmt = (
+        select(Case, User.email)
+        .outerjoin(User, User.id == Case.assignee_id)
+        .where(*cond)
+        .order_by(*_order(f))
+        .limit(f.per_page)
+        .offset((f.page - 1) * f.per_page)
+    )
+    found = session.execute(stmt).all()
+    ids = [case.id for case, _ in found]
+    nets: dict[int, list[str]] = {}
+    counts_by_case: dict[int, int] = {}
+    if ids:
+        for case_id, network in session.execute(
+            select(CaseTarget.case_id, CaseTarget.network)
+            .where(CaseTarget.case_id.in_(ids))
+            .order_by(CaseTarget.id)
+        ):
+            counts_by_case[case_id] = counts_by_case.get(case_id, 0) + 1
+            if len(nets.setdefault(case_id, [])) < 3:
+                nets[case_id].append(network)
+    rows = [
+        QueueRow(case, email or "", counts_by_case.get(case.id, 0), nets.get(case.id, []))
+        for case, email in found
+    ]
+    counts = status_counts(session) if with_counts else {}
+    return QueuePage(filter=f, rows=rows, total=total, counts=counts)
+
+
+def status_counts(session: Session) -> dict[str, int]:
+    """Number of cases per status (every status present, zero included)."""
+    counts = {s.value: 0 for s in CaseStatus}
+    for status, count in session.execute(select(Case.status, func.count()).group_by(Case.status)):
+        counts[CaseStatus(status).value] = count
+    return counts
+
+
+def requester_domains(session: Session, limit: int = 200) -> list[str]:
+    """The requester domains of open cases, most frequent first (for the filter's suggestions)."""
+    rows = session.execute(
+        select(Case.requester_domain, func.count())
+        .where(Case.status.in_(OPEN_STATES), Case.requester_domain != "")
+        .group_by(Case.requester_domain)
+        .order_by(func.count().desc())
+        .limit(limit)
+    )
+    return [domain for domain, _ in rows]

@@ -1,0 +1,738 @@
+"""The analyst's pages: the queue, the case page and its action forms, reply templates, users, audit.
+
+Every view checks the role; every form carries a CSRF token, the case's lock version and a one-time
+idempotency token. Mail content is hostile: it is shown as escaped text, HTML only sanitized (nh3)
+inside a sandboxed frame, attachments only as downloads.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import ipaddress
+import secrets
+from datetime import datetime
+from email.message import EmailMessage
+from io import BytesIO
+from typing import Any
+
+import nh3
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    flash,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    url_for,
+)
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload, undefer
+from sqlalchemy.orm.exc import StaleDataError
+from werkzeug.utils import secure_filename
+
+from tmsi.app import get_db, get_settings
+from tmsi.db import unit_of_work, utcnow
+from tmsi.models import (
+    ApiToken,
+    AuditEvent,
+    Case,
+    CaseNote,
+    CaseStatus,
+    CheckResult,
+    DnsCheck,
+    Message,
+    OutboxMessage,
+    ReplyTemplate,
+    Resolution,
+    Role,
+    RunStatus,
+    User,
+    VerificationRun,
+)
+from tmsi.services import audit, cases, decide, replies, users
+from tmsi.services import queue as queue_svc
+from tmsi.services.listings import find_overlapping
+from tmsi.services.outbox import HeaderInjection
+from tmsi.web import actions
+from tmsi.web.auth import (
+    ACT_ROLES,
+    ALL_ROLES,
+    AUDIT_ROLES,
+    MAIL_FRAME_CSP,
+    TEMPLATE_ROLES,
+    USER_ADMIN_ROLES,
+    USER_READ_ROLES,
+    require_user,
+    role_required,
+)
+
+bp = Blueprint("ui", __name__, static_folder="static", static_url_path="/static/ui")
+
+CHECK_HISTORY = 50
+TIMELINE_LIMIT = 500
+AUDIT_PAGE = 100
+
+
+def _case_or_404(db: Session, reference: str) -> Case:
+    case = cases.get_by_reference(db, reference)
+    if case is None:
+        abort(404, description=f"There is no case {reference}.")
+    return case
+
+
+def _form_token() -> str:
+    return secrets.token_urlsafe(16)
+
+
+@bp.app_context_processor
+def _helpers() -> dict[str, Any]:
+    return {"form_token": _form_token, "now": utcnow}
+
+
+@bp.app_template_filter("age")
+def _age(value: datetime | None) -> str:
+    if value is None:
+        return ""
+    seconds = int((utcnow() - value).total_seconds())
+    if seconds < 3600:
+        return f"{max(seconds // 60, 0)} min"
+    if seconds < 86400:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 86400} d"
+
+
+@bp.app_template_filter("ts")
+def _ts(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else ""
+
+
+@bp.app_template_filter("combine_page")
+def _combine_page(args: dict[str, Any], page: int) -> dict[str, Any]:
+    return {**args, "page": page}
+
+
+# --- queue -----------------------------------------------------------------------------------------
+@bp.get("/cases")
+@role_required(ALL_ROLES)
+def queue() -> Any:
+    user = require_user()
+    error = ""
+    try:
+        flt = queue_svc.parse_filter(request.args)
+    except queue_svc.FilterError as exc:
+        error = str(exc)
+        flt = queue_svc.QueueFilter()
+    with get_db().factory() as db:
+        page = queue_svc.search(db, flt, user_id=user.id)
+        assignees = db.scalars(
+            select(User)
+            .where(User.active.is_(True), User.role.in_(decide.ASSIGNABLE_ROLES))
+            .order_by(User.email)
+        ).all()
+        html = render_template(
+            "ui/queue.html",
+            page=page,
+            flt=flt,
+            error=error,
+            assignees=assignees,
+            statuses=list(CaseStatus),
+            results=list(CheckResult),
+            ages=list(queue_svc.AGES),
+            sorts=queue_svc.SORTS,
+        )
+    return html, 400 if error else 200
+
+
+@bp.post("/cases/bulk")
+@role_required(ACT_ROLES)
+def bulk() -> Any:
+    user = require_user()
+    params = actions.Params(request.form)
+    op = params.get("op")
+    refs = params.getlist("refs")
+    back = request.form.get("back") or url_for("ui.queue")
+    if not back.startswith("/") or back.startswith("//"):
+        back = url_for("ui.queue")
+    if not refs:
+        flash("Select at least one case.", "error")
+        return redirect(back)
+    token = params.get("idem")[:64]
+    g.request_id = token
+    try:
+        with unit_of_work(get_db().factory) as db:
+            chosen = [_case_or_404(db, ref) for ref in refs]
+            if op == "assign":
+                assignee = actions._user_param(db, params.get("assignee"), user.actor)
+                for case in chosen:
+                    decide.assign(db, case, assignee, user.actor, token=token)
+                message = f"{len(chosen)} case(s) assigned to {assignee.email if assignee else 'nobody'}."
+            elif op == "spam":
+                for case in chosen:
+                    decide.close_as_spam(db, case, user.actor, token=token)
+                message = f"{len(chosen)} case(s) closed as spam."
+            elif op == "merge":
+                if len(chosen) < 2:
+                    raise decide.DecisionError("select two or more cases to merge")
+                into = min(chosen, key=lambda c: c.created_at)
+                decide.merge(db, into, [c for c in chosen if c.id != into.id], user.actor, token=token)
+                message = f"Merged into {into.reference}."
+            else:
+                raise decide.DecisionError(f"unknown bulk action {op!r}")
+    except decide.AlreadyDone:
+        flash("This bulk action was already submitted; it was done once.", "info")
+        return redirect(back)
+    except (decide.DecisionError, StaleDataError) as exc:
+        flash(_stale_text() if isinstance(exc, StaleDataError) else str(exc), "error")
+        return redirect(back)
+    flash(message, "success")
+    return redirect(back)
+
+
+def _stale_text() -> str:
+    return (
+        "The case was changed by someone else at the same moment. Nothing was done: reload the page "
+        "and submit again."
+    )
+
+
+# --- case page -------------------------------------------------------------------------------------
+def _targets_view(db: Session, case: Case) -> list[dict[str, Any]]:
+    out = []
+    target_ids = [t.id for t in case.targets]
+    runs: dict[int, list[VerificationRun]] = {}
+    checks: dict[int, list[DnsCheck]] = {}
+    if target_ids:
+        for run in db.scalars(
+            select(VerificationRun)
+            .where(VerificationRun.target_id.in_(target_ids))
+            .order_by(VerificationRun.id.desc())
+        ):
+            if run.target_id is not None and len(runs.setdefault(run.target_id, [])) < 10:
+                runs[run.target_id].append(run)
+        for target_id in target_ids:
+            checks[target_id] = list(
+                db.scalars(
+                    select(DnsCheck)
+                    .where(DnsCheck.target_id == target_id)
+                    .order_by(DnsCheck.checked_at.desc(), DnsCheck.id.desc())
+                    .limit(CHECK_HISTORY)
+                )
+            )
+    for target in case.targets:
+        net = ipaddress.ip_network(target.network)
+        latest: dict[str, DnsCheck] = {}
+        for check in checks.get(target.id, []):
+            latest.setdefault(check.address, check)
+        out.append(
+            {
+                "target": target,
+                "listings": find_overlapping(db, net),
+                "runs": runs.get(target.id, []),
+                "latest": list(latest.values()),
+                "history": checks.get(target.id, []),
+                "running": any(
+                    r.status in {RunStatus.PENDING, RunStatus.RUNNING} for r in runs.get(target.id, [])
+                ),
+            }
+        )
+    return out
+
+
+def _attachment_parts(raw: bytes) -> list[EmailMessage]:
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    parts = []
+    for part in msg.walk():
+        if part.is_multipart():
+            continue
+        if part.get_content_disposition() == "attachment" or part.get_filename():
+            parts.append(part)
+    return parts
+
+
+def _attachment_names(message: Message) -> list[str]:
+    if not message.raw or not message.attachments:
+        return [
+            str((a or {}).get("filename", "")) if isinstance(a, dict) else str(a)
+            for a in (message.attachments or [])
+        ]
+    return [
+        part.get_filename() or f"attachment-{i + 1}" for i, part in enumerate(_attachment_parts(message.raw))
+    ]
+
+
+def _case_context(db: Session, case: Case, **extra: Any) -> dict[str, Any]:
+    messages = db.scalars(
+        select(Message)
+        .where(Message.case_id == case.id)
+        .options(undefer(Message.body_text), undefer(Message.body_html))
+        .order_by(Message.received_at, Message.id)
+    ).all()
+    attachments = {m.id: _attachment_names(m) for m in messages if m.attachments}
+    outbox_rows = db.scalars(
+        select(OutboxMessage).where(OutboxMessage.case_id == case.id).order_by(OutboxMessage.id)
+    ).all()
+    notes = db.execute(
+        select(CaseNote, User.email)
+        .outerjoin(User, User.id == CaseNote.author_id)
+        .where(CaseNote.case_id == case.id)
+        .order_by(CaseNote.id)
+    ).all()
+    timeline = db.scalars(
+        select(AuditEvent)
+        .where(AuditEvent.case_id == case.id)
+        .order_by(AuditEvent.at, AuditEvent.id)
+        .limit(TIMELINE_LIMIT)
+    ).all()
+    assignees = db.scalars(
+        select(User).where(User.active.is_(True), User.role.in_(decide.ASSIGNABLE_ROLES)).order_by(User.email)
+    ).all()
+    templates = db.scalars(select(ReplyTemplate).order_by(ReplyTemplate.key)).all()
+    merged_into = db.get(Case, case.merged_into_id) if case.merged_into_id else None
+    context = {
+        "case": case,
+        "messages": messages,
+        "attachments": attachments,
+        "targets": _targets_view(db, case),
+        "outbox": outbox_rows,
+        "notes": notes,
+        "timeline": timeline,
+        "assignees": assignees,
+        "assignee": db.get(User, case.assignee_id) if case.assignee_id else None,
+        "templates": templates,
+        "merged_into": merged_into,
+        "resolutions": list(Resolution),
+        "compose": None,
+        "compose_error": "",
+        "preview": None,
+    }
+    context.update(extra)
+    return context
+
+
+def _compose(db: Session, case: Case, key: str) -> dict[str, Any]:
+    settings = get_settings()
+    try:
+        rendered = replies.render_reply(db, case, key, settings, decide.reply_extra(db, case))
+        return {
+            "template": key,
+            "subject": rendered.subject,
+            "body": rendered.body,
+            "to": case.requester_email,
+            "error": "",
+        }
+    except replies.TemplateRenderError as exc:
+        return {"template": key, "subject": "", "body": "", "to": case.requester_email, "error": str(exc)}
+
+
+@bp.get("/cases/<reference>")
+@role_required(ALL_ROLES)
+def case_page(reference: str) -> Any:
+    with get_db().factory() as db:
+        case = _case_or_404(db, reference)
+        key = request.args.get("reply", "")
+        extra: dict[str, Any] = {}
+        if key:
+            replies.ensure_templates(db)
+            extra["compose"] = _compose(db, case, key)
+            db.commit()
+        return render_template("ui/case.html", **_case_context(db, case, **extra))
+
+
+@bp.get("/cases/<reference>/progress.json")
+@role_required(ALL_ROLES)
+def case_progress(reference: str) -> Any:
+    with get_db().factory() as db:
+        case = _case_or_404(db, reference)
+        target_ids = [t.id for t in case.targets]
+        items = []
+        if target_ids:
+            latest = (
+                select(func.max(VerificationRun.id))
+                .where(VerificationRun.target_id.in_(target_ids))
+                .group_by(VerificationRun.target_id)
+            )
+            for run in db.scalars(select(VerificationRun).where(VerificationRun.id.in_(latest))):
+                items.append(
+                    {
+                        "target_id": run.target_id,
+                        "network": run.network,
+                        "status": run.status.value,
+                        "result": run.result.value,
+                        "total": run.total,
+                        "done": run.done,
+                        "passed": run.passed,
+                        "failed": run.failed,
+                        "unverifiable": run.unverifiable,
+                    }
+                )
+        running = any(i["status"] in {"pending", "running"} for i in items)
+        return jsonify(
+            reference=case.reference,
+            status=case.status.value,
+            running=running,
+            runs=items,
+            lock_version=case.lock_version,
+        )
+
+
+@bp.post("/cases/<reference>/action/<name>")
+@role_required(ACT_ROLES)
+def case_action(reference: str, name: str) -> Any:
+    handler = actions.ACTIONS.get(name)
+    if handler is None or name == "reply":
+        abort(404, description=f"There is no action {name!r}.")
+    user = require_user()
+    params = actions.Params(request.form)
+    token = params.get("idem")[:64]
+    g.request_id = token
+    settings = get_settings()
+    factory = get_db().factory
+    try:
+        with unit_of_work(factory) as db:
+            case = _case_or_404(db, reference)
+            outcome = handler(db, settings, case, params, user.actor, token)
+    except decide.AlreadyDone as exc:
+        flash(str(exc), "info")
+        return redirect(url_for("ui.case_page", reference=reference))
+    except decide.StaleCase as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("ui.case_page", reference=reference))
+    except StaleDataError:
+        flash(_stale_text(), "error")
+        return redirect(url_for("ui.case_page", reference=reference))
+    except (decide.DecisionError, HeaderInjection, replies.TemplateRenderError) as exc:
+        flash(f"Not done: {exc}", "error")
+        return redirect(url_for("ui.case_page", reference=reference))
+    how = actions.after_commit(outcome, settings, factory, user.actor)
+    flash(outcome.message + (f" ({how})" if how else ""), "success")
+    return redirect(url_for("ui.case_page", reference=outcome.reference))
+
+
+@bp.post("/cases/<reference>/reply")
+@role_required(ACT_ROLES)
+def case_reply(reference: str) -> Any:
+    """Compose → preview → send. Preview and errors re-render the page with the analyst's edits."""
+    user = require_user()
+    params = actions.Params(request.form)
+    compose = {
+        "template": params.get("template"),
+        "subject": params.get("subject"),
+        "body": params.get("body"),
+        "to": params.get("to"),
+        "error": "",
+    }
+    token = params.get("idem")[:64]
+    settings = get_settings()
+    if params.get("op") != "send":
+        with get_db().factory() as db:
+            case = _case_or_404(db, reference)
+            preview = None
+            try:
+                from tmsi.services.outbox import check_header, with_reference
+
+                check_header("subject", compose["subject"])
+                check_header("address", compose["to"])
+                preview = {
+                    "subject": with_reference(compose["subject"], case.reference),
+                    "body": compose["body"],
+                    "to": compose["to"] or case.requester_email,
+                }
+            except HeaderInjection as exc:
+                compose["error"] = str(exc)
+            return render_template(
+                "ui/case.html", **_case_context(db, case, compose=compose, preview=preview)
+            )
+    g.request_id = token
+    try:
+        with unit_of_work(get_db().factory) as db:
+            case = _case_or_404(db, reference)
+            outcome = actions.ACTIONS["reply"](db, settings, case, params, user.actor, token)
+    except decide.AlreadyDone as exc:
+        flash(str(exc), "info")
+        return redirect(url_for("ui.case_page", reference=reference))
+    except (decide.DecisionError, HeaderInjection, replies.TemplateRenderError, StaleDataError) as exc:
+        compose["error"] = _stale_text() if isinstance(exc, StaleDataError) else str(exc)
+        with get_db().factory() as db:
+            case = _case_or_404(db, reference)
+            html = render_template("ui/case.html", **_case_context(db, case, compose=compose))
+        return html, 409 if isinstance(exc, decide.StaleCase | StaleDataError) else 400
+    flash(outcome.message, "success")
+    return redirect(url_for("ui.case_page", reference=reference) + "#outbox")
+
+
+def _message_or_404(db: Session, case: Case, message_id: int) -> Message:
+    message = db.get(Message, message_id)
+    if message is None or message.case_id != case.id:
+        abort(404, description="There is no such message on this case.")
+    return message
+
+
+@bp.get("/cases/<reference>/messages/<int:message_id>/raw")
+@role_required(ALL_ROLES)
+def message_raw(reference: str, message_id: int) -> Any:
+    with get_db().factory() as db:
+        message = _message_or_404(db, _case_or_404(db, reference), message_id)
+        if not message.raw:
+            abort(404, description="The raw message was purged.")
+        raw = bytes(message.raw)
+    return send_file(
+        BytesIO(raw),
+        mimetype="application/octet-stream",
+        as_attachment=True,
+        download_name=f"{reference}-message-{message_id}.eml",
+    )
+
+
+@bp.get("/cases/<reference>/messages/<int:message_id>/attachments/<int:index>")
+@role_required(ALL_ROLES)
+def message_attachment(reference: str, message_id: int, index: int) -> Any:
+    with get_db().factory() as db:
+        message = _message_or_404(db, _case_or_404(db, reference), message_id)
+        if not message.raw:
+            abort(404, description="The raw message was purged.")
+        parts = _attachment_parts(bytes(message.raw))
+    if index >= len(parts):
+        abort(404, description="There is no such attachment.")
+    part = parts[index]
+    payload = part.get_payload(decode=True)
+    data = payload if isinstance(payload, bytes) else b""
+    name = secure_filename(part.get_filename() or "") or f"attachment-{index + 1}.bin"
+    # Always a download of opaque bytes: never rendered by the browser, whatever the mail claims.
+    return send_file(
+        BytesIO(data), mimetype="application/octet-stream", as_attachment=True, download_name=name
+    )
+
+
+@bp.get("/cases/<reference>/messages/<int:message_id>/html")
+@role_required(ALL_ROLES)
+def message_html(reference: str, message_id: int) -> Any:
+    with get_db().factory() as db:
+        message = _message_or_404(db, _case_or_404(db, reference), message_id)
+        html = message.body_html or ""
+    clean = nh3.clean(html, url_schemes={"mailto"}, link_rel="noopener noreferrer nofollow")
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>message</title></head><body>"
+        f"{clean}</body></html>"
+    )
+    response = Response(page, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = MAIL_FRAME_CSP
+    response.headers["X-Frame-Options"] = "SAMEORIGIN"
+    return response
+
+
+# --- reply templates ---------------------------------------------------------------------------------
+@bp.get("/templates")
+@role_required(ALL_ROLES)
+def templates_list() -> Any:
+    with get_db().factory() as db:
+        replies.ensure_templates(db)
+        db.commit()
+        rows = db.scalars(select(ReplyTemplate).order_by(ReplyTemplate.key)).all()
+        return render_template("ui/templates.html", templates=rows)
+
+
+def _preview_case(db: Session, reference: str) -> Case | None:
+    if reference:
+        return cases.get_by_reference(db, reference)
+    return db.scalar(select(Case).order_by(Case.id.desc()).limit(1))
+
+
+def _render_preview(db: Session, subject: str, body: str, reference: str) -> dict[str, Any]:
+    case = _preview_case(db, reference)
+    if case is None:
+        return {
+            "ok": False,
+            "error": f"no case {reference!r} to preview with" if reference else "no case yet",
+        }
+    context = replies.case_context(
+        case, get_settings(), decide.reply_extra(db, case, reason="(reason)", question="(question)")
+    )
+    try:
+        rendered = replies.render_text(subject, body, context)
+    except replies.TemplateRenderError as exc:
+        return {"ok": False, "error": str(exc), "reference": case.reference}
+    return {"ok": True, "subject": rendered.subject, "body": rendered.body, "reference": case.reference}
+
+
+@bp.route("/templates/<key>", methods=["GET", "POST"])
+@role_required(ALL_ROLES)
+def template_edit(key: str) -> Any:
+    user = require_user()
+    with get_db().factory() as db:
+        replies.ensure_templates(db)
+        db.commit()
+        tpl = db.scalar(select(ReplyTemplate).where(ReplyTemplate.key == key))
+        if tpl is None:
+            abort(404, description=f"There is no reply template {key!r}.")
+        subject, body = tpl.subject, tpl.body
+        reference = request.values.get("case", "")
+        status = 200
+        if request.method == "POST":
+            if user.role not in TEMPLATE_ROLES:
+                abort(403, description="only leads and admins edit reply templates")
+            subject = request.form.get("subject", "")
+            body = request.form.get("body", "")
+            preview = _render_preview(db, subject, body, reference)
+            if request.form.get("op") == "save":
+                if "\n" in subject or "\r" in subject:
+                    preview = {"ok": False, "error": "the subject must be one line"}
+                elif not preview["ok"] and preview.get("reference"):
+                    pass  # a template that does not render is never saved
+                else:
+                    before = {"subject": tpl.subject, "body": tpl.body}
+                    tpl.subject, tpl.body = subject, body
+                    tpl.updated_at = utcnow()
+                    tpl.updated_by = user.email
+                    audit.record(
+                        db,
+                        action="template.updated",
+                        actor=user.email,
+                        actor_id=user.id,
+                        object_type="template",
+                        object_id=key,
+                        before=before,
+                        after={"subject": subject, "body": body},
+                    )
+                    db.commit()
+                    flash(f"Template {key} saved.", "success")
+                    return redirect(url_for("ui.template_edit", key=key, case=reference or None))
+            status = 200 if preview["ok"] else 400
+        else:
+            preview = _render_preview(db, subject, body, reference)
+        return render_template(
+            "ui/template_edit.html",
+            tpl=tpl,
+            subject=subject,
+            body=body,
+            preview=preview,
+            reference=reference or preview.get("reference", ""),
+        ), status
+
+
+@bp.post("/templates/preview")
+@role_required(ALL_ROLES)
+def template_preview() -> Any:
+    """Live preview for the editor (JSON in, JSON out; renders in the sandbox, changes nothing)."""
+    data = request.get_json(silent=True) or {}
+    with get_db().factory() as db:
+        result = _render_preview(
+            db, str(data.get("subject", "")), str(data.get("body", "")), str(data.get("case", ""))
+        )
+    return jsonify(result), 200
+
+
+# --- users -------------------------------------------------------------------------------------------
+@bp.get("/users")
+@role_required(USER_READ_ROLES)
+def users_page() -> Any:
+    with get_db().factory() as db:
+        rows = db.scalars(select(User).options(selectinload(User.tokens)).order_by(User.email)).all()
+        return render_template("ui/users.html", users=rows, roles=list(Role), new_token=None)
+
+
+@bp.post("/users")
+@role_required(USER_ADMIN_ROLES)
+def users_update() -> Any:
+    admin = require_user()
+    op = request.form.get("op", "")
+    new_token = None
+    try:
+        with unit_of_work(get_db().factory) as db:
+            if op == "create":
+                role = Role(request.form.get("role", "analyst"))
+                created = users.create_user(
+                    db,
+                    request.form.get("email", ""),
+                    role,
+                    password=request.form.get("password") or None,
+                    name=request.form.get("name", ""),
+                    actor=admin.actor,
+                )
+                message = f"User {created.email} created."
+            else:
+                uid = request.form.get("user", "")
+                user = db.get(User, int(uid)) if uid.isdigit() else None
+                if user is None:
+                    abort(404, description="There is no such user.")
+                if user.id == admin.id and op in {"disable", "role"}:
+                    raise users.UserError("you cannot disable yourself or change your own role")
+                if op == "role":
+                    users.set_role(db, user, Role(request.form.get("role", "")), actor=admin.actor)
+                    message = f"{user.email} is now {user.role.value}."
+                elif op in {"disable", "enable"}:
+                    users.set_active(db, user, op == "enable", actor=admin.actor)
+                    message = f"{user.email} {op}d."
+                elif op == "password":
+                    users.set_password(db, user, request.form.get("password", ""), actor=admin.actor)
+                    message = f"Password of {user.email} set."
+                elif op == "token":
+                    new_token = users.issue_token(
+                        db, user, name=request.form.get("name", ""), actor=admin.actor
+                    )
+                    message = f"New API token for {user.email}: copy it now, it is shown only once."
+                elif op == "revoke":
+                    tid = request.form.get("token", "")
+                    token = db.get(ApiToken, int(tid)) if tid.isdigit() else None
+                    if token is None or token.user_id != user.id:
+                        abort(404, description="There is no such token.")
+                    users.revoke_token(db, token, actor=admin.actor)
+                    message = "Token revoked."
+                else:
+                    raise users.UserError(f"unknown operation {op!r}")
+    except (users.UserError, ValueError) as exc:
+        flash(f"Not done: {exc}", "error")
+        return redirect(url_for("ui.users_page"))
+    flash(message, "success")
+    if new_token:
+        with get_db().factory() as db:
+            rows = db.scalars(select(User).options(selectinload(User.tokens)).order_by(User.email)).all()
+            return render_template("ui/users.html", users=rows, roles=list(Role), new_token=new_token)
+    return redirect(url_for("ui.users_page"))
+
+
+# --- audit -------------------------------------------------------------------------------------------
+@bp.get("/audit")
+@role_required(AUDIT_ROLES)
+def audit_page() -> Any:
+    args = request.args
+    stmt = select(AuditEvent, Case.reference).outerjoin(Case, Case.id == AuditEvent.case_id)
+    if args.get("actor"):
+        stmt = stmt.where(AuditEvent.actor == args["actor"].strip().lower())
+    if args.get("action"):
+        stmt = stmt.where(AuditEvent.action.startswith(args["action"].strip(), autoescape=True))
+    if args.get("case"):
+        stmt = stmt.where(Case.reference == args["case"].strip().upper())
+    error = ""
+    for key, op in (("since", "ge"), ("until", "le")):
+        if args.get(key):
+            try:
+                when = (
+                    datetime.fromisoformat(args[key]).astimezone()
+                    if "T" in args[key]
+                    else datetime.fromisoformat(args[key] + "T00:00:00+00:00")
+                )
+                stmt = stmt.where(AuditEvent.at >= when if op == "ge" else AuditEvent.at <= when)
+            except ValueError:
+                error = f"{key}: use a date like 2026-01-31"
+    try:
+        page = max(1, int(args.get("page") or 1))
+    except ValueError:
+        page = 1
+    with get_db().factory() as db:
+        rows = db.execute(
+            stmt.order_by(AuditEvent.id.desc()).limit(AUDIT_PAGE + 1).offset((page - 1) * AUDIT_PAGE)
+        ).all()
+        html = render_template(
+            "ui/audit.html",
+            rows=rows[:AUDIT_PAGE],
+            more=len(rows) > AUDIT_PAGE,
+            page=page,
+            args=args,
+            error=error,
+        )
+    return html, 400 if error else 200
