@@ -6,7 +6,7 @@ from typing import Any
 
 from flask.cli import FlaskGroup
 
-from tmsi.cli import authority, db, listings, mail, users
+from tmsi.cli import authority, db, listings, mail, run, users
 
 
 def _create_app() -> Any:
@@ -25,4 +25,8 @@ main.add_command(db.db)
 main.add_command(listings.listings)
 main.add_command(mail.mail)
 main.add_command(authority.authority)
+# our `run` (web + worker + scheduler) replaces Flask's development-server `run` on purpose
+main.add_command(run.run)
+main.add_command(run.worker)
+main.add_command(run.jobs)
 main.add_command(users.users)
