@@ -143,7 +143,9 @@ class AuthCheck:
         who = f" {self.identity}" if self.identity else ""
         where = f" for {self.domain}" if self.domain else ""
         how = "reported by our mail server" if self.source == "mta" else "checked directly"
-        align = " (aligned with From)" if self.aligned else ""
+        align = " (aligned with the From domain)" if self.aligned and self.result == "pass" else ""
+        if self.method == "dmarc":
+            align = ""
         return f"{self.method.upper()}{who}{where}: {self.result}{align}, {how}"
 
 

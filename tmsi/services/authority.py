@@ -719,6 +719,11 @@ def describe_checks(authenticity: Authenticity, targets: Sequence[TargetAuthorit
     if authenticity.policy is not None:
         lines.append(f"DMARC record of {authenticity.policy.domain}: p={authenticity.policy.policy}")
     lines.append(f"authenticity of the message: {authenticity.result.value}")
+    if authenticity.result != CheckResult.PASS:
+        lines.append(
+            "the sender could not be matched to the networks because the message is not authenticated"
+        )
+        return lines
     for t in targets:
         lines.append(f"{t.network}: {'; '.join(t.entitlement.reasons)}")
     return lines
