@@ -23,7 +23,7 @@ def explain_file(path: str, settings: Any) -> dict[str, Any]:
 
 @click.group("mail")
 def mail() -> None:
-    """Mailbox intake: explain what ingest would decide for a message."""
+    """Mailbox intake: poll the mailbox, ingest files, reprocess, send the outbox, explain a decision."""
 
 
 @mail.command("explain")
@@ -35,3 +35,93 @@ def explain_cmd(files: tuple[str, ...]) -> None:
     settings = load_settings()
     for path in files:
         click.echo(json.dumps(explain_file(path, settings), ensure_ascii=False))
+
+
+# --- the ingest pipeline: poll, ingest files, reprocess, send (same functions as the scheduled jobs) ----
+
+
+def _factory(settings: Any) -> Any:
+    from tmsi.db import make_engine, make_sessionmaker
+
+    return make_sessionmaker(make_engine(settings.database_url))
+
+
+@mail.command("poll")
+@click.option("--watch", is_flag=True, help="keep polling; wait with IMAP IDLE between passes where offered")
+@click.option("--limit", type=int, default=None, help="process at most N new messages in this pass")
+def poll_cmd(watch: bool, limit: int | None) -> None:
+    """One pass over the configured mailbox (TMSI_MAILBOX_KIND=imap|maildir); prints a JSON report.
+
+    Each message is stored and processed in its own transaction and moved to the Processed (or
+    Quarantine) folder only after the commit."""
+    from tmsi.adapters.mailbox import mailbox_from_settings
+    from tmsi.services.ingest import poll_once, watch_mailbox
+
+    settings = load_settings()
+    mailbox = mailbox_from_settings(settings)
+    if mailbox is None:
+        raise click.ClickException("TMSI_MAILBOX_KIND is none: set it to imap or maildir")
+    factory = _factory(settings)
+    try:
+        if watch:
+            watch_mailbox(settings, factory, mailbox)
+            return
+        report = poll_once(settings, factory, mailbox, limit=limit)
+    finally:
+        mailbox.close()
+    click.echo(json.dumps(report.as_dict()))
+    if report.errors:
+        raise SystemExit(1)
+
+
+@mail.command("ingest")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+def ingest_cmd(files: tuple[str, ...]) -> None:
+    """Run the ingest pipeline on FILE.eml... (imports, tests): one JSON result per file and line."""
+    from tmsi.db import unit_of_work
+    from tmsi.services.ingest import process_message
+
+    settings = load_settings()
+    factory = _factory(settings)
+    failed = False
+    for path in files:
+        raw = Path(path).read_bytes()
+        try:
+            with unit_of_work(factory) as session:
+                result = process_message(session, raw, settings, source=f"file:{Path(path).resolve()}")
+        except Exception as exc:  # report and go on with the other files
+            failed = True
+            click.echo(json.dumps({"file": path, "error": f"{type(exc).__name__}: {exc}"}))
+            continue
+        click.echo(json.dumps({"file": path, **result.as_dict()}, ensure_ascii=False))
+    if failed:
+        raise SystemExit(1)
+
+
+@mail.command("reprocess")
+@click.argument("message_id", type=int)
+@click.option("--actor", default="cli", show_default=True, help="who asked (recorded in the audit log)")
+def reprocess_cmd(message_id: int, actor: str) -> None:
+    """Run quarantined message MESSAGE_ID (the database id) through the pipeline again."""
+    from tmsi.db import unit_of_work
+    from tmsi.services.ingest import reprocess_message
+
+    settings = load_settings()
+    try:
+        with unit_of_work(_factory(settings)) as session:
+            result = reprocess_message(session, message_id, settings, actor=actor)
+    except (LookupError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(result.as_dict(), ensure_ascii=False))
+
+
+@mail.command("send")
+@click.option("--limit", type=int, default=100, show_default=True)
+def send_cmd(limit: int) -> None:
+    """One outbox pass: send the due rows through TMSI_SMTP_*; prints a JSON report."""
+    from tmsi.adapters.mailer import SmtpMailer
+    from tmsi.services.outbox import send_due
+
+    settings = load_settings()
+    report = send_due(_factory(settings), SmtpMailer.from_settings(settings), settings, limit=limit)
+    click.echo(json.dumps(report.as_dict()))
