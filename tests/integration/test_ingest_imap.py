@@ -20,24 +20,29 @@ from tmsi.services import cases, ingest, outbox
 
 pytestmark = pytest.mark.integration
 
-_users = iter(range(1, 10_000))
-
-
-@pytest.fixture
-def imap_user(dovecot):
-    """A fresh Dovecot user per test: its own INBOX, Processed and Quarantine."""
-    user, password = dovecot.add_user(f"dul{next(_users)}-{int(time.time() * 1000)}@example.test", "pw")
-    # Dovecot re-reads its passwd-file when it notices the change: wait until the new user can log in.
-    deadline = time.monotonic() + 10
+@pytest.fixture(scope="session")
+def _imap_user_pool(dovecot):
+    """Fresh Dovecot users, created in one go: Dovecot takes seconds to notice a changed passwd-file."""
+    names = [f"ingest{i}-{int(time.time())}@example.test" for i in range(24)]
+    for name in names:
+        dovecot.users[name] = "pw"
+    dovecot._write_users()
+    deadline = time.monotonic() + 20
     while True:
         try:
-            dovecot.client(user, password).logout()
+            dovecot.client(names[-1], "pw").logout()
             break
         except Exception:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
-    return user, password
+    return iter(names)
+
+
+@pytest.fixture
+def imap_user(_imap_user_pool):
+    """A user of its own per test: its own INBOX, Processed and Quarantine."""
+    return next(_imap_user_pool), "pw"
 
 
 @pytest.fixture
