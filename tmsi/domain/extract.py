@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from tmsi.domain.networks import IPAddress, IPNetwork, NetworkError, exclude, range_to_cidrs
@@ -137,10 +137,12 @@ DATE_LIKE = re.compile(
     r"(?:[ T]\d{1,2}[:.]\d{2}(?:[:.]\d{2})?(?![\d.]))?"
 )
 
+# A version/section keyword (or a "Product/" token) directly before a number: where it ends, what
+# follows is not an address. Found in one pass over the text; candidates look their start up.
 VERSION_BEFORE = re.compile(
     r"(?:\b(?:v|ver|version|versión|versao|versione|build|release|rev|revision|firmware|fw|kernel|patch|"
     r"firefox|chrome|thunderbird|outlook|safari|section|sect|chapter|oid|"
-    r"版本|バージョン|версия)\.?\s*[:=#]?\s*|(?-i:\b[A-Z][A-Za-z]+/)|\bv)$",
+    r"版本|バージョン|версия)\.?[ \t]*[:=#]?[ \t]*|(?-i:\b[A-Z][A-Za-z]+/))(?=\d)",
     re.IGNORECASE,
 )
 HOST_AFTER = re.compile(r"[.-][A-Za-z0-9-]*[A-Za-z][A-Za-z0-9-]*(?:\.[A-Za-z0-9-]+)*\.?")
@@ -163,7 +165,7 @@ def _v4(text: str) -> ipaddress.IPv4Address | None:
     octets = [int(p) for p in parts]
     if any(o > 255 for o in octets):
         return None
-    return ipaddress.IPv4Address(".".join(map(str, octets)))
+    return ipaddress.IPv4Address((octets[0] << 24) | (octets[1] << 16) | (octets[2] << 8) | octets[3])
 
 
 def _v6(text: str) -> ipaddress.IPv6Address | None:
@@ -173,18 +175,51 @@ def _v6(text: str) -> ipaddress.IPv6Address | None:
         return None
 
 
+def _host(address: IPAddress) -> IPNetwork:
+    """The /32 or /128 of an address (the tuple form skips re-parsing the text)."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return ipaddress.IPv4Network((int(address), 32))
+    return ipaddress.IPv6Network((int(address), 128))
+
+
+def _bounds(network: IPNetwork) -> tuple[int, int, int]:
+    """(version, first, last) as integers: comparisons without ipaddress's per-call overhead."""
+    first = int(network.network_address)
+    return network.version, first, first + (1 << (network.max_prefixlen - network.prefixlen)) - 1
+
+
+_NON_TARGET_BOUNDS = [(*_bounds(network), network, reason) for network, reason in _NON_TARGETS]
+_GLOBAL_V6_BOUNDS = _bounds(GLOBAL_V6)
+
+
+# IPv4 non-target ranges by first octet, so a single address is checked against at most one or two.
+_V4_BY_OCTET: list[list[tuple[int, int, int, IPNetwork, str]]] = [
+    [b for b in _NON_TARGET_BOUNDS if b[0] == 4 and b[1] >> 24 <= octet <= b[2] >> 24] for octet in range(256)
+]
+
+
 def _non_target_reason(network: IPNetwork) -> str | None:
     """The reason ``network`` is wholly not a target, or None."""
-    for reserved, reason in _NON_TARGETS:
-        if reserved.version == network.version and network.subnet_of(reserved):  # type: ignore[arg-type]
+    version, first, last = _bounds(network)
+    candidates = _V4_BY_OCTET[first >> 24] if version == 4 and network.prefixlen >= 8 else _NON_TARGET_BOUNDS
+    for r_version, r_first, r_last, _network, reason in candidates:
+        if r_version == version and r_first <= first and last <= r_last:
             return reason
-    if (
-        isinstance(network, ipaddress.IPv6Network)
-        and not network.subnet_of(GLOBAL_V6)
-        and not GLOBAL_V6.subnet_of(network)
-    ):
-        return "reserved"
+    if version == 6:
+        _, g_first, g_last = _GLOBAL_V6_BOUNDS
+        if last < g_first or first > g_last:
+            return "reserved"
     return None
+
+
+def _overlapping(network: IPNetwork, others: Sequence[IPNetwork]) -> list[IPNetwork]:
+    version, first, last = _bounds(network)
+    found = []
+    for other in others:
+        o_version, o_first, o_last = _bounds(other)
+        if o_version == version and o_first <= last and first <= o_last:
+            found.append(other)
+    return found
 
 
 def _mapped_v4(network: IPNetwork) -> IPNetwork:
@@ -200,6 +235,7 @@ class _Collector:
     def __init__(self, text: str, own: list[IPNetwork], max_v4: int, max_v6: int) -> None:
         self.text = text
         self.used = bytearray(len(text))
+        self.version_ends = {m.end() for m in VERSION_BEFORE.finditer(text)}
         self.own = own
         self.max_v4 = max_v4
         self.max_v6 = max_v6
@@ -224,13 +260,16 @@ class _Collector:
 
     def context_reason(self, start: int, end: int) -> str | None:
         """'inside host name' or 'version string' when the text around [start, end) says so."""
-        before = self.text[max(0, start - 40) : start]
-        if VERSION_BEFORE.search(before):
+        if start in self.version_ends:
             return "version string"
         if HOST_AFTER.match(self.text, end):
             # "203.0.113.7." then a sentence is not a host name: require no space after the dot.
             return "inside host name"
-        if HOST_BEFORE.search(before):
+        if (
+            start
+            and self.text[start - 1] in ".-"
+            and HOST_BEFORE.search(self.text, max(0, start - 64), start)
+        ):
             return "inside host name"
         return None
 
@@ -241,19 +280,18 @@ class _Collector:
             self.ignore(written, reason)
             return
         pieces: list[IPNetwork] = [network]
-        for own in self.own:
-            if own.version != network.version:
-                continue
-            next_pieces: list[IPNetwork] = []
-            for piece in pieces:
-                if piece.subnet_of(own):  # type: ignore[arg-type]
-                    continue
-                next_pieces.extend(exclude(piece, own))
-            if len(next_pieces) != len(pieces) or next_pieces != pieces:
-                self.ignore(written, "own network")
-            pieces = next_pieces
-        for reserved, _reason in _NON_TARGETS:  # a large target partly over reserved space keeps the rest
-            if reserved.version == network.version and any(p.overlaps(reserved) for p in pieces):
+        own_overlaps = _overlapping(network, self.own)
+        if own_overlaps:
+            self.ignore(written, "own network")
+        for own in own_overlaps:
+            pieces = [q for p in pieces for q in exclude(p, own)]
+        version, first, last = _bounds(network)
+        candidates = (
+            _V4_BY_OCTET[first >> 24] if version == 4 and network.prefixlen >= 8 else _NON_TARGET_BOUNDS
+        )
+        for r_version, r_first, r_last, reserved, _reason in candidates:
+            # a large target partly over reserved space keeps the rest
+            if r_version == version and r_first <= last and first <= r_last:
                 pieces = [q for p in pieces for q in exclude(p, reserved)]
         for piece in pieces:
             self.found.append((piece, written))
@@ -265,15 +303,18 @@ class _Collector:
         )
         kept: list[IPNetwork] = []
         for network in ordered:
-            # Sorted by start then prefix: a containing network always comes before what it contains.
-            if any(k.version == network.version and network.subnet_of(k) for k in kept):  # type: ignore[arg-type]
+            # Sorted by start, then larger first: CIDRs nest or are disjoint, so if any kept network
+            # contains this one, the last kept network does.
+            last = kept[-1] if kept else None
+            if last is not None and last.version == network.version and network.subnet_of(last):  # type: ignore[arg-type]
                 continue
             kept.append(network)
         result = self.result
         result.networks = kept
+        kept_set = set(kept)
         for network, written in self.found:
             key = str(network)
-            if network in kept and key not in result.sources:
+            if network in kept_set and key not in result.sources:
                 result.sources[key] = written.strip()
         for network in kept:
             limit = self.max_v4 if network.version == 4 else self.max_v6
@@ -305,7 +346,7 @@ def _in_addr_network(labels: list[str]) -> IPNetwork | None:
             return None
         if index == 1:  # host label, then the delegation label
             address = _v4(".".join([*parent, labels[0]]))
-            return ipaddress.ip_network(address) if address else None
+            return _host(address) if address else None
         label = labels[0]
         if "/" in label:
             start, prefix = label.split("/", 1)
@@ -339,13 +380,13 @@ def _reverse_names(c: _Collector, dnsbl_zone: str) -> None:
             if address is None:
                 c.ignore(m.group(0), "not an address")
             else:
-                c.add(ipaddress.ip_network(address), m.group(0))
+                c.add(_host(address), m.group(0))
         for m in dnsbl_v6.finditer(c.text):
             nibbles = m.group(1).rstrip(".").split(".")[::-1]
             c.take(m.start(), m.end())
             hexstr = "".join(nibbles)
             address6 = ipaddress.IPv6Address(int(hexstr, 16))
-            c.add(ipaddress.ip_network(address6), m.group(0))
+            c.add(_host(address6), m.group(0))
     for m in IN_ADDR.finditer(c.text):
         c.take(m.start(), m.end())
         network = _in_addr_network(m.group(1).rstrip(".").split("."))
@@ -455,7 +496,7 @@ def _cidrs(c: _Collector) -> None:
         prefix = m.group(2)
         written = m.group(0)
         if prefix is None:
-            c.add(ipaddress.ip_network(address6), written)
+            c.add(_host(address6), written)
             continue
         if int(prefix) > 128:
             c.ignore(written, "not an address")
@@ -516,7 +557,7 @@ def _singles(c: _Collector) -> None:
         if reason:
             c.ignore(written, reason)
             continue
-        c.add(ipaddress.ip_network(address), written)
+        c.add(_host(address), written)
 
 
 def _dates(c: _Collector) -> None:
