@@ -198,10 +198,16 @@ _V4_BY_OCTET: list[list[tuple[int, int, int, IPNetwork, str]]] = [
 ]
 
 
+def _non_target_candidates(network: IPNetwork) -> list[tuple[int, int, int, IPNetwork, str]]:
+    if network.version == 4 and network.prefixlen >= 8:
+        return _V4_BY_OCTET[int(network.network_address) >> 24]
+    return _NON_TARGET_BOUNDS
+
+
 def _non_target_reason(network: IPNetwork) -> str | None:
     """The reason ``network`` is wholly not a target, or None."""
     version, first, last = _bounds(network)
-    candidates = _V4_BY_OCTET[first >> 24] if version == 4 and network.prefixlen >= 8 else _NON_TARGET_BOUNDS
+    candidates = _non_target_candidates(network)
     for r_version, r_first, r_last, _network, reason in candidates:
         if r_version == version and r_first <= first and last <= r_last:
             return reason
