@@ -387,3 +387,16 @@ def test_targets_on_case_are_unique_and_oversized_flagged(settings, factory):
         assert set(by_net) == {"198.51.100.0/24", "203.0.113.5/32"}  # 10.0.0.1 (private) is no target
         assert by_net["198.51.100.0/24"].oversized and not by_net["203.0.113.5/32"].oversized
         assert case.flags["oversized"] == ["198.51.100.0/24"]
+
+
+def test_poll_a_local_maildir(settings, factory, tmp_path):
+    from tmsi.adapters.mailbox import MaildirMailbox
+
+    box = MaildirMailbox(tmp_path / "Maildir")
+    box.deliver("INBOX", mails.request("198.51.100.150", sender="local@isp.example"))
+    box.deliver("INBOX", mails.malformed())
+    report = ingest.poll_once(settings, factory, box)
+    assert (report.processed, report.quarantined, report.new_cases) == (1, 1, 1)
+    assert box.uids_after("INBOX") == [] and len(box.uids_after("Processed")) == 1
+    assert len(box.uids_after("Quarantine")) == 1
+    assert ingest.poll_once(settings, factory, box).seen == 0

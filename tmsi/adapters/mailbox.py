@@ -10,6 +10,7 @@ import contextlib
 import itertools
 import logging
 import os
+import secrets
 import ssl
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -366,7 +367,8 @@ class MaildirMailbox:
                     if key in files:
                         uids[key] = int(uid)
         if not uidvalidity:
-            uidvalidity = int(time.time())
+            # Any value other than the previous one will do (RFC 3501); 31 bits fit every database.
+            uidvalidity = secrets.randbelow(2**31 - 2) + 1
         new = sorted(
             (key for key in files if key not in uids), key=lambda k: (files[k].stat().st_mtime_ns, k)
         )
