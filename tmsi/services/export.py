@@ -1,0 +1,333 @@
+"""Zone export: the active listings as rbldnsd ``ip4set``/``ip6trie`` files, written atomically.
+
+Requests are debounced (many delistings → one :class:`ExportRun`); :func:`run_pending_export` is the job.
+Each file is written to a temp file, given a new whole-second mtime and renamed over the old one: rbldnsd
+only notices a change of mtime (whole seconds) or size, so a same-second rewrite would otherwise be missed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from tmsi.config import Settings
+from tmsi.db import unit_of_work, utcnow
+from tmsi.domain import zone
+from tmsi.models import Delisting, ExportRun, Listing, RunStatus
+
+log = logging.getLogger(__name__)
+
+YIELD_PER = 20_000
+WRITE_BUFFER = 1 << 20
+HOOK_TIMEOUT = 300.0
+
+
+@dataclass
+class ExportResult:
+    serial: int
+    generated_at: datetime
+    paths: list[str] = field(default_factory=list)
+    count_v4: int = 0
+    count_v6: int = 0
+    seconds: float = 0.0
+    hook: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "serial": self.serial,
+            "generated_at": self.generated_at.isoformat(),
+            "paths": self.paths,
+            "count_v4": self.count_v4,
+            "count_v6": self.count_v6,
+            "seconds": round(self.seconds, 3),
+            "hook": self.hook,
+        }
+
+
+class ExportHookError(RuntimeError):
+    """The configured export hook failed; the zone files were written all the same."""
+
+
+# --- requests (debounced) ------------------------------------------------------------------------
+def request_export(session: Session, reason: str, *, now: datetime | None = None) -> ExportRun:
+    """Ask for an export: joins the pending request if there is one (debounce), else opens one."""
+    now = now or utcnow()
+    pending = session.scalar(
+        select(ExportRun).where(ExportRun.status == RunStatus.PENDING.value).order_by(ExportRun.id).limit(1)
+    )
+    if pending is not None:
+        if reason and reason not in pending.reason and len(pending.reason) + len(reason) < 250:
+            pending.reason = f"{pending.reason}; {reason}" if pending.reason else reason
+        return pending
+    run = ExportRun(requested_at=now, status=RunStatus.PENDING.value, reason=reason[:255])
+    session.add(run)
+    session.flush()
+    return run
+
+
+def last_serial(session: Session) -> int | None:
+    return session.scalar(select(func.max(ExportRun.serial)))
+
+
+# --- writing -------------------------------------------------------------------------------------
+def _stream_networks(session: Session, version: int) -> Iterator[str]:
+    """Active networks of one IP version in address order, fetched in batches (constant memory)."""
+    stmt = (
+        select(Listing.network)
+        .where(Listing.active.is_(True), Listing.version == version)
+        .order_by(Listing.start_key, Listing.prefixlen)
+        .execution_options(yield_per=YIELD_PER)
+    )
+    for partition in session.execute(stmt).scalars().partitions():
+        yield from partition
+
+
+def _file_serial(path: Path) -> int | None:
+    """The serial in the header of an earlier export (serials must grow even without ExportRun rows)."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as fh:
+            return zone.parse_serial(fh.readline() for _ in range(6))
+    except OSError:
+        return None
+
+
+def _new_mtime(path: Path) -> int:
+    stamp = int(time.time())
+    with contextlib.suppress(FileNotFoundError):
+        stamp = max(stamp, int(path.stat().st_mtime) + 1)
+    return stamp
+
+
+def write_atomic(path: Path, lines: Iterable[str]) -> int:
+    """Write ``lines`` to ``path`` via a temp file + rename, with a new mtime; returns entries written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    count = 0
+    try:
+        with open(tmp, "w", encoding="ascii", newline="\n", buffering=WRITE_BUFFER) as fh:
+            batch: list[str] = []
+            for line in lines:
+                batch.append(line)
+                if len(batch) >= 10_000:
+                    fh.write("".join(batch))
+                    count += len(batch)
+                    batch.clear()
+            fh.write("".join(batch))
+            count += len(batch)
+            fh.flush()
+            os.fsync(fh.fileno())
+        # rbldnsd drops privileges to its own user: the file must be world-readable
+        os.chmod(tmp, 0o644)
+        stamp = _new_mtime(path)
+        os.utime(tmp, (stamp, stamp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return count
+
+
+def export_zone(
+    session: Session, settings: Settings, out: Path | str | None = None, *, now: datetime | None = None
+) -> dict[str, Any]:
+    """Write the active listings. ``out`` is a directory (default ``zone_dir``) receiving
+    ``<zone>.ip4set`` and ``<zone>.ip6trie``, or a file receiving one rbldnsd ``combined`` dataset."""
+    return write_zone(session, settings, out, now=now).as_dict()
+
+
+def write_zone(
+    session: Session, settings: Settings, out: Path | str | None = None, *, now: datetime | None = None
+) -> ExportResult:
+    started = time.perf_counter()
+    now = now or utcnow()
+    target = Path(out) if out is not None else Path(settings.zone_dir)
+    as_directory = out is None or target.is_dir() or str(out).endswith(os.sep)
+    files = [target / zone.dataset_file(settings.dnsbl_zone, v) for v in (4, 6)] if as_directory else [target]
+    previous = [s for s in [last_serial(session), *map(_file_serial, files)] if s is not None]
+    serial = zone.next_serial(now, max(previous, default=None))
+    txt = zone.txt_template(settings.zone_txt_template, settings.base_url)
+    result = ExportResult(serial=serial, generated_at=now)
+
+    def header(kind: zone.DatasetKind, soa: bool = True) -> list[str]:
+        return zone.header_lines(
+            zone=settings.dnsbl_zone, kind=kind, serial=serial, generated_at=now, txt=txt, soa=soa
+        )
+
+    if as_directory:
+        for version in (4, 6):
+            kind = zone.DATASETS[version]
+            head = header(kind)
+            lines = (line + "\n" for line in head)
+            entries = (zone.entry_line(n) + "\n" for n in _stream_networks(session, version))
+            path = target / zone.dataset_file(settings.dnsbl_zone, version)
+            written = write_atomic(path, _chain(lines, entries)) - len(head)
+            result.paths.append(str(path))
+            if version == 4:
+                result.count_v4 = written
+            else:
+                result.count_v6 = written
+    else:
+        counts = {4: 0, 6: 0}
+
+        def combined() -> Iterator[str]:
+            yield f"# combined rbldnsd dataset for {settings.dnsbl_zone}, serial {serial}\n"
+            for version in (4, 6):
+                kind = zone.DATASETS[version]
+                yield zone.combined_dataset_line(kind) + "\n"
+                for line in header(kind, soa=version == 4):
+                    yield line + "\n"
+                for network in _stream_networks(session, version):
+                    counts[version] += 1
+                    yield zone.entry_line(network) + "\n"
+
+        write_atomic(target, combined())
+        result.paths.append(str(target))
+        result.count_v4, result.count_v6 = counts[4], counts[6]
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _chain(*parts: Iterable[str]) -> Iterator[str]:
+    for part in parts:
+        yield from part
+
+
+def run_hook(settings: Settings, result: ExportResult) -> str:
+    """Run ``export_hook`` (no shell) with the export's files in the environment; returns its output."""
+    if not settings.export_hook.strip():
+        return ""
+    env = dict(os.environ)
+    env.update(
+        {
+            "TMSI_EXPORT_SERIAL": str(result.serial),
+            "TMSI_EXPORT_FILES": " ".join(result.paths),
+            "TMSI_ZONE_DIR": str(settings.zone_dir),
+            "TMSI_DNSBL_ZONE": settings.dnsbl_zone,
+        }
+    )
+    try:
+        proc = subprocess.run(
+            shlex.split(settings.export_hook),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=HOOK_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ExportHookError(f"export hook {settings.export_hook!r} failed: {exc}") from exc
+    output = (proc.stdout + proc.stderr).decode("utf-8", "replace")[-2000:]
+    if proc.returncode != 0:
+        raise ExportHookError(f"export hook exited {proc.returncode}: {output}")
+    return output
+
+
+def signal_rbldnsd(pidfile: Path | str) -> bool:
+    """SIGHUP an rbldnsd by pid file (a ready-made hook for a local server); False if it is not running."""
+    try:
+        pid = int(Path(pidfile).read_text().split()[0])
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError, IndexError):
+        return False
+    return True
+
+
+# --- the job ---------------------------------------------------------------------------------------
+def _claim(factory: sessionmaker[Session], settings: Settings, now: datetime, force: bool) -> int | None:
+    with unit_of_work(factory) as session:
+        run = session.scalar(
+            select(ExportRun)
+            .where(ExportRun.status == RunStatus.PENDING.value)
+            .order_by(ExportRun.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        if run is None:
+            return None
+        due = run.requested_at + timedelta(seconds=settings.export_debounce_seconds)
+        if not force and due > now:
+            return None
+        run.status = RunStatus.RUNNING.value
+        run.started_at = now
+        return run.id
+
+
+def run_pending_export(
+    settings: Settings, factory: sessionmaker[Session], *, force: bool = False, now: datetime | None = None
+) -> dict[str, Any]:
+    """The export job: once the oldest pending request is ``export_debounce_seconds`` old (or ``force``),
+    write the zone, run the hook, and link the delistings it carries to the run."""
+    now = now or utcnow()
+    run_id = _claim(factory, settings, now, force)
+    if run_id is None:
+        return {"exported": False}
+    try:
+        with unit_of_work(factory) as session:
+            # Delistings committed before this point are in the listings read below.
+            carried = list(
+                session.scalars(
+                    select(Delisting.id).where(
+                        Delisting.export_id.is_(None), Delisting.propagation_status == "pending"
+                    )
+                )
+            )
+            result = write_zone(session, settings, now=now)
+    except Exception as exc:
+        log.exception("zone export %s failed", run_id)
+        _finish(factory, run_id, None, [], settings, error=f"{type(exc).__name__}: {exc}")
+        return {"exported": False, "run_id": run_id, "error": str(exc)}
+    error = None
+    try:
+        result.hook = run_hook(settings, result)
+    except ExportHookError as exc:
+        log.error("%s", exc)
+        error = str(exc)
+    _finish(factory, run_id, result, carried, settings, error=error)
+    summary = {"exported": True, "run_id": run_id, "delistings": len(carried), **result.as_dict()}
+    if error:
+        summary["error"] = error
+    return summary
+
+
+def _finish(
+    factory: sessionmaker[Session],
+    run_id: int,
+    result: ExportResult | None,
+    carried: list[int],
+    settings: Settings,
+    *,
+    error: str | None,
+) -> None:
+    finished = utcnow()
+    with unit_of_work(factory) as session:
+        run = session.get(ExportRun, run_id)
+        assert run is not None
+        run.finished_at = finished
+        run.status = RunStatus.FAILED.value if error else RunStatus.DONE.value
+        run.error = error[:4000] if error else None
+        if result is not None:
+            run.serial = result.serial
+            run.path = ", ".join(result.paths)[:1024]
+            run.count_v4 = result.count_v4
+            run.count_v6 = result.count_v6
+            if carried:
+                deadline = finished + timedelta(seconds=settings.propagation_deadline_seconds)
+                session.execute(
+                    update(Delisting)
+                    .where(Delisting.id.in_(carried))
+                    .values(export_id=run_id, propagation_deadline=deadline),
+                    execution_options={"synchronize_session": False},
+                )
