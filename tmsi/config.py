@@ -134,6 +134,9 @@ class Settings(BaseSettings):
         0, ge=0, description="purge raw mail of closed cases after N days; 0 keeps it"
     )
     demo: bool = False
+    job_intervals: CommaList = Field(
+        default_factory=list, description="per-job interval overrides: send_outbox=10s,reverify_due=1m"
+    )
 
     @field_validator("own_networks", mode="before")
     @classmethod
@@ -149,6 +152,7 @@ class Settings(BaseSettings):
         "rdap_base_urls",
         "dnsbl_nameservers",
         "authority_own_hosts",
+        "job_intervals",
         mode="before",
     )
     @classmethod

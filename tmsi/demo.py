@@ -280,3 +280,26 @@ class SentMailSink:
                     await reply("502 not implemented")
         finally:
             writer.close()
+
+
+def sample_messages() -> list[bytes]:
+    return [eml.read_bytes() for eml in sorted((data_dir() / "mail").glob("*.eml"))]
+
+
+def fill_configured_mailbox(settings: Settings) -> int:
+    """Deliver the sample requests into the configured mailbox (Maildir, or IMAP APPEND)."""
+    if settings.mailbox_kind == "maildir":
+        return fill_mailbox(settings.maildir_path)
+    if settings.mailbox_kind != "imap":
+        raise ValueError("TMSI_MAILBOX_KIND is 'none': set it to maildir or imap first")
+    from tmsi.adapters.mailbox import ImapMailbox
+
+    mailbox_ = ImapMailbox.from_settings(settings)
+    try:
+        client = mailbox_.client
+        messages = sample_messages()
+        for raw in messages:
+            client.append(settings.imap_source_folder, raw)
+        return len(messages)
+    finally:
+        mailbox_.close()

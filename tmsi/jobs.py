@@ -46,7 +46,7 @@ class Schedule:
     every: Callable[[Settings], float]  # seconds between runs
     doc: str
     singleton: bool = False
-    lease_seconds: float = 300.0
+    lease_seconds: float | Callable[[Settings], float] = 300.0
     lease_name: Callable[[Settings], str] | None = None
     enabled: Callable[[Settings], bool] = lambda _s: True
     # A job may return work items to fan out: each item becomes its own task calling ``fanout``.
@@ -65,15 +65,23 @@ def _short_in_demo(seconds: float, demo_seconds: float) -> Callable[[Settings], 
     return lambda s: demo_seconds if s.demo else seconds
 
 
+def _poll_every(settings: Settings) -> float:
+    return parse_job_intervals(settings).get("poll_mailbox") or (
+        10.0 if settings.demo else float(settings.poll_interval_seconds)
+    )
+
+
 # ---- ALL schedules, in one place ------------------------------------------------------------------
 SCHEDULES: tuple[Schedule, ...] = (
     Schedule(
         "poll_mailbox",
         "tmsi.services.ingest:job_poll_mailbox",
-        lambda s: 10.0 if s.demo else float(s.poll_interval_seconds),
+        _poll_every,
         "fetch new mail from the shared mailbox (one poller per mailbox)",
         singleton=True,
-        lease_seconds=120.0,
+        # Renewed every third of its length while a poll runs; a killed poller blocks the next one
+        # for at most this long.
+        lease_seconds=lambda s: max(30.0, 3.0 * _poll_every(s)),
         lease_name=lambda s: f"mailbox:{s.mailbox_kind}:{s.mailbox_address}",
         enabled=lambda s: s.mailbox_kind != "none",
     ),
@@ -142,6 +150,38 @@ SCHEDULES: tuple[Schedule, ...] = (
 )
 
 SCHEDULE_BY_NAME = {s.name: s for s in SCHEDULES}
+
+
+def parse_job_intervals(settings: Settings) -> dict[str, float]:
+    """``TMSI_JOB_INTERVALS`` (``send_outbox=10s,reverify_due=1m``) as seconds per job name."""
+    from tmsi.config import ConfigError
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    out: dict[str, float] = {}
+    for item in settings.job_intervals:
+        name, _, value = item.partition("=")
+        name, value = name.strip(), value.strip().lower()
+        try:
+            seconds = float(value[:-1]) * units[value[-1]] if value and value[-1] in units else float(value)
+        except ValueError:
+            seconds = -1.0
+        if name not in SCHEDULE_BY_NAME or seconds <= 0:
+            raise ConfigError(
+                f"TMSI_JOB_INTERVALS: {item!r} is not NAME=DURATION with NAME one of "
+                f"{', '.join(SCHEDULE_BY_NAME)} and DURATION like 30s, 5m, 1h (fix or remove the entry)"
+            )
+        out[name] = seconds
+    return out
+
+
+def interval(schedule: Schedule, settings: Settings) -> float:
+    """Seconds between runs of ``schedule``: the override from TMSI_JOB_INTERVALS, else its default."""
+    return parse_job_intervals(settings).get(schedule.name) or schedule.every(settings)
+
+
+def lease_seconds(schedule: Schedule, settings: Settings) -> float:
+    value = schedule.lease_seconds
+    return float(value(settings) if callable(value) else value)
 
 
 class JobUnavailable(LookupError):
@@ -250,7 +290,7 @@ def run_job(name: str, settings: Settings, factory: sessionmaker[Session]) -> Jo
         keeper = None
         if schedule.singleton:
             lease = schedule.lease_name(settings) if schedule.lease_name else f"job:{name}"
-            keeper = _LeaseKeeper(factory, lease, schedule.lease_seconds)
+            keeper = _LeaseKeeper(factory, lease, lease_seconds(schedule, settings))
             if not keeper.acquire():
                 log.info("job %s skipped: lease %s is held by another worker", name, lease)
                 return JobResult(name, False, reason=f"lease {lease} held elsewhere")
@@ -381,6 +421,7 @@ class TmsiHuey:
 def build_huey(
     settings: Settings, *, factory: sessionmaker[Session] | None = None, immediate: bool | None = None
 ) -> TmsiHuey:
+    parse_job_intervals(settings)  # a bad TMSI_JOB_INTERVALS stops the worker at start, by name
     huey = make_huey(settings, immediate=immediate)
     runtime = Runtime(settings, factory)
     tasks: dict[str, Any] = {}
@@ -420,7 +461,9 @@ def _register(huey: Huey, runtime: Runtime, schedule: Schedule, chunk_task: Any)
         settings = runtime.settings
         try:
             if schedule.singleton and not huey.immediate:
-                lock_ttl = int(schedule.lease_seconds) if settings.huey_storage == "redis" else None
+                lock_ttl = (
+                    int(lease_seconds(schedule, settings)) if settings.huey_storage == "redis" else None
+                )
                 with huey.lock_task(f"job:{name}", ttl=lock_ttl):
                     outcome = run_job(name, settings, runtime.factory)
             else:
@@ -445,7 +488,7 @@ def _register(huey: Huey, runtime: Runtime, schedule: Schedule, chunk_task: Any)
             minute = int(time.time() // 60)
             if not huey.put_if_empty(f"tick:{name}:{minute}", "1", 180):
                 return
-        every = schedule.every(settings)
+        every = interval(schedule, settings)
         if every >= 60:
             task()
             return
@@ -456,7 +499,7 @@ def _register(huey: Huey, runtime: Runtime, schedule: Schedule, chunk_task: Any)
             else:
                 task.schedule(delay=i * every)
 
-    every = schedule.every(runtime.settings)
+    every = interval(schedule, runtime.settings)
     tick.__name__ = f"tick_{name}"
     huey.periodic_task(minute_validator(every), name=f"tick.{name}")(tick)
     return task
@@ -467,7 +510,7 @@ def describe(settings: Settings) -> list[dict[str, Any]]:
     return [
         {
             "name": s.name,
-            "every_s": s.every(settings),
+            "every_s": interval(s, settings),
             "enabled": s.enabled(settings),
             "available": available(s),
             "singleton": s.singleton,

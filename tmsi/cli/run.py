@@ -106,7 +106,11 @@ def jobs_list() -> None:
     from tmsi.jobs import describe
 
     settings = settings_or_exit()
-    for row in describe(settings):
+    try:
+        rows = describe(settings)
+    except ConfigError as exc:
+        config_error(exc)
+    for row in rows:
         state = "on " if row["enabled"] else "off"
         here = "" if row["available"] else "  (not available yet)"
         click.echo(f"{row['name']:<20} every {row['every_s']:>7.0f}s  {state} {row['target']}{here}")
@@ -309,3 +313,22 @@ def _banner(url: str, sign_in: Any) -> None:
         ]
     lines += ["", "  Press Ctrl-C to stop.", ""]
     click.echo("\n".join(lines))
+
+
+# ---- tmsi demo -----------------------------------------------------------------------------------
+@click.group("demo")
+def demo() -> None:
+    """The offline demo's sample data."""
+
+
+@demo.command("fill-mailbox")
+def demo_fill_mailbox() -> None:
+    """Deliver the sample requests into the configured mailbox (Maildir or IMAP)."""
+    from tmsi import demo as demo_mod
+
+    settings = settings_or_exit()
+    try:
+        count = demo_mod.fill_configured_mailbox(settings)
+    except ValueError as exc:
+        config_error(ConfigError(str(exc)))
+    click.echo(f"delivered {count} sample requests to the {settings.mailbox_kind} mailbox")
