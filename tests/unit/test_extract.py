@@ -108,6 +108,30 @@ def test_reversed_range_is_ignored_as_invalid() -> None:
     assert result.ignored == [("203.0.113.50-10", "invalid range")]
 
 
+def test_a_bulleted_list_is_not_a_range() -> None:
+    text = "Addresses:\n- 203.0.113.10\n- 203.0.113.20\n- 198.51.100.7\n-20 more to come"
+    assert cidrs(text) == ["198.51.100.7/32", "203.0.113.10/32", "203.0.113.20/32"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "please release 203.0.113.7",
+        "IP v 203.0.113.7",  # Czech/Slovak "v" (in)
+        "Update: 203.0.113.7 is static",
+        "step 2: 203.0.113.7",
+    ],
+)
+def test_words_that_are_not_version_markers(text: str) -> None:
+    assert cidrs(text) == ["203.0.113.7/32"]
+
+
+@pytest.mark.parametrize("text", ["Python 3.11.*", "1.x", "x.5", "Name :: value", "a :: b"])
+def test_prose_with_dots_and_colons(text: str) -> None:
+    result = run(text)
+    assert (result.cidrs, result.masked, result.ignored) == ([], False, [])
+
+
 def test_prose_after_an_address_is_not_a_short_range() -> None:
     assert cidrs("delist 203.0.113.7 to 5 days ago") == ["203.0.113.7/32"]
 
@@ -121,7 +145,6 @@ def test_prose_after_an_address_is_not_a_short_range() -> None:
         ("203.0.113.xxx", ["203.0.113.0/24"]),
         ("198.51.*.*", ["198.51.0.0/16"]),
         ("198.51.x.x", ["198.51.0.0/16"]),
-        ("203.0.*", ["203.0.0.0/16"]),
     ],
 )
 def test_wildcards(text: str, expected: list[str]) -> None:

@@ -105,9 +105,10 @@ V4 = rf"{OCT}(?:\.{OCT}){{3}}"
 # IPv6 candidates: hex groups and colons (at least two colons), optional embedded IPv4 tail.
 V6 = r"(?:[0-9A-Fa-f]{0,4}:){2,7}(?:" + V4 + r"|[0-9A-Fa-f]{1,4}|:)?"
 # "to" in several languages; \u0434\u043e is Russian "do", \uff5e the full-width tilde.
+# Separators stay on one line: "- 203.0.113.10\n- 203.0.113.20" is a bulleted list, not a range.
 RANGE_SEP = (
-    r"\s*(?:-|~|\.\.|\bto\b|\bthrough\b|\bthru\b|\bbis\b|\ba\b"
-    "|\\b\u00e0\\b|\\b\u0434\u043e\\b|\u81f3|\u5230|\uff5e)\\s*"
+    r"[ \t]*(?:-|~|\.\.|\bto\b|\bthrough\b|\bthru\b|\bbis\b|\ba\b"
+    "|\\b\u00e0\\b|\\b\u0434\u043e\\b|\u81f3|\u5230|\uff5e)[ \\t]*"
 )
 # A wildcard or masked octet: *, x, **, xxx, 1**, *3, ?, #.
 MOCT = r"(?:[*xX?#]{1,3}|\d{1,2}[*xX]{1,2}|[*xX]{1,2}\d{1,2})"
@@ -123,11 +124,11 @@ IN_ADDR = re.compile(
 )
 IP6_ARPA = re.compile(r"(?<![\w.-])((?:[0-9A-Fa-f]\.){1,32})ip6\.arpa\.?(?![\w-])", re.IGNORECASE)
 V4_FULL_RANGE = re.compile(rf"{V4_START}({V4})(?:/(\d{{1,2}}))?{RANGE_SEP}({V4}){V4_END}", re.IGNORECASE)
-SHORT_SEP = "\\s*(-|~|\\bto\\b|\uff5e|\u81f3|\u5230)\\s*"
+SHORT_SEP = "[ \\t]*(-|~|\\bto\\b|\uff5e|\u81f3|\u5230)[ \\t]*"
 V4_SHORT_RANGE = re.compile(rf"{V4_START}({V4}){SHORT_SEP}(\d{{1,3}}){V4_END}(?![\w*])", re.IGNORECASE)
 V4_BRACKET_RANGE = re.compile(rf"{V4_START}({OCT}\.{OCT}\.{OCT})\.\[(\d{{1,3}})\s*-\s*(\d{{1,3}})\]")
 V4_CIDR = re.compile(rf"{V4_START}({V4})\s?/\s?(\d{{1,2}}|{V4}){V4_END}(?![\w])")
-V4_WILDCARD = re.compile(rf"(?<![\w.*?#-])({ANY_OCT}(?:\.{ANY_OCT}){{1,3}}){V4_END}(?![\w*?#])")
+V4_WILDCARD = re.compile(rf"(?<![\w.*?#-])({ANY_OCT}(?:\.{ANY_OCT}){{3}}){V4_END}(?![\w*?#])")
 V4_SINGLE = re.compile(rf"{V4_START}({V4}){V4_END}")
 V6_END = r"(?![\w:]|\.\d)"
 V6_RANGE = re.compile(rf"(?<![\w:.])({V6}){RANGE_SEP}({V6}){V6_END}", re.IGNORECASE)
@@ -140,9 +141,9 @@ DATE_LIKE = re.compile(
 # A version/section keyword (or a "Product/" token) directly before a number: where it ends, what
 # follows is not an address. Found in one pass over the text; candidates look their start up.
 VERSION_BEFORE = re.compile(
-    r"(?:\b(?:v|ver|version|versión|versao|versione|build|release|rev|revision|firmware|fw|kernel|patch|"
+    r"(?:\b(?:ver|version|versión|versao|versione|build|rev|revision|firmware|fw|kernel|"
     r"firefox|chrome|thunderbird|outlook|safari|section|sect|chapter|oid|"
-    r"版本|バージョン|версия)\.?[ \t]*[:=#]?[ \t]*|(?-i:\b[A-Z][A-Za-z]+/))(?=\d)",
+    r"版本|バージョン|версия)\.?[ \t]*[:=#]?[ \t]*|\bv|(?-i:\b[A-Z][A-Za-z]+/))(?=\d)",
     re.IGNORECASE,
 )
 HOST_AFTER = re.compile(r"[.-][A-Za-z0-9-]*[A-Za-z][A-Za-z0-9-]*(?:\.[A-Za-z0-9-]+)*\.?")
@@ -496,8 +497,8 @@ def _cidrs(c: _Collector) -> None:
         if not c.free(m.start(), m.end()):
             continue
         address6 = _v6(m.group(1))
-        if address6 is None:
-            continue
+        if address6 is None or not re.search(r"[0-9A-Fa-f]", m.group(1)):
+            continue  # "::" alone is punctuation ("Name :: value"), not the unspecified address
         c.take(m.start(), m.end())
         prefix = m.group(2)
         written = m.group(0)
@@ -520,11 +521,8 @@ def _wildcards(c: _Collector) -> None:
             continue
         parts = written.split(".")
         numeric = [p.isdigit() for p in parts]
-        if len(parts) < 4 and not (parts[-1] == "*" and all(numeric[:-1])):
-            continue  # "203.0.*" is a wildcard; "1.x" or "x.5" is prose
         if len(parts) < 4:
-            parts = parts + ["*"] * (4 - len(parts))
-            numeric = numeric + [False] * (4 - len(numeric))
+            continue  # "1.x", "x.5" and "Python 3.11.*" are prose
         c.take(m.start(), m.end())
         reason = c.context_reason(m.start(), m.end())
         if reason:
