@@ -93,6 +93,7 @@ class Settings(BaseSettings):
     dns_retries: int = Field(2, ge=0)
     dns_max_in_flight: int = Field(150, ge=1)
     dns_rate_limit: float = Field(20000.0, gt=0, description="queries/s per resolver")
+    dns_workers: int = Field(2, ge=1, le=16, description="processes sharing a range of >= 8192 addresses")
     ipv6_sample_size: int = Field(16, ge=1)
     reverify_schedule: CommaList = Field(
         default_factory=lambda: ["15m", "1h", "4h", "12h"] + ["1d"] * 14,

@@ -388,3 +388,17 @@ def test_chunked_run_merges_into_one_result(factory, settings):
             "198.51.100.200",
         ]
         assert session.get_one(CaseTarget, target_id).status == TargetStatus.FAIL
+
+
+def test_parallel_workers_give_the_same_summary():
+    fake = FakeResolver()
+    for i in range(0, 8192, 3):
+        fake.host(f"198.51.{96 + i // 256}.{i % 256}", f"static-{i}.isp.example")
+    single = verify.verify_network(fake, "198.51.96.0/19", keep_passing=False, workers=1, chunk_size=1024)
+    double = verify.verify_network(fake, "198.51.96.0/19", keep_passing=False, workers=2, chunk_size=1024)
+    assert (double.passed, double.failed) == (single.passed, single.failed) == (2731, 5461)
+    assert double.as_dict()["failing"] == single.as_dict()["failing"]
+    assert [r.address for r in double.results if not r.passes] == [
+        r.address for r in single.results if not r.passes
+    ]
+    assert sum(r.passes for r in double.results) >= 1  # the passing example(s)

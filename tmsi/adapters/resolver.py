@@ -66,6 +66,7 @@ PER_SOCKET_IN_FLIGHT = 150
 EDNS_PAYLOAD = 1232
 _OPT_RR = b"\x00" + struct.pack("!HHIH", 41, EDNS_PAYLOAD, 0, 0)
 _HEADER = struct.Struct("!HHHHHH")
+_LENGTH_BYTE = [bytes((n,)) for n in range(64)]
 _RR_FIXED = struct.Struct("!HHIH")
 _LDH = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_*."  # "." joins labels
 
@@ -133,19 +134,22 @@ class DnsAnswer:
         chain ends at a name with no records here, the caller must ask for that name itself.
         """
         wanted = rdtype or self.qtype
-        owner = self.qname.lower()
+        owner = self.qname
+        records = self.records
+        found = [r for r in records if r.rdtype == wanted and r.name == owner]
+        if found or not records:
+            return owner, found, []
         chain: list[str] = []
         for _ in range(16):
-            here = [r for r in self.records if r.name == owner]
-            found = [r for r in here if r.rdtype == wanted]
-            if found:
-                return owner, found, chain
-            cname = next((r for r in here if r.rdtype == "CNAME"), None)
+            cname = next((r for r in records if r.rdtype == "CNAME" and r.name == owner), None)
             if cname is None or cname.value in chain:
                 break
             chain.append(cname.value)
             owner = cname.value
-        return owner, [], chain
+            found = [r for r in records if r.rdtype == wanted and r.name == owner]
+            if found:
+                break
+        return owner, found, chain
 
     def min_ttl(self) -> int | None:
         ttls = [r.ttl for r in self.records]
@@ -197,17 +201,12 @@ def absolute(name: str) -> str:
 
 def name_to_wire(name: str) -> bytes:
     """Uncompressed wire form of a presentation name (dnspython for anything escaped or non-ASCII)."""
-    text = name.rstrip(".")
+    text = name[:-1] if name.endswith(".") else name
     if text and "\\" not in text and text.isascii():
-        labels = text.split(".")
-        if all(0 < len(label) < 64 for label in labels):
-            out = bytearray()
-            for label in labels:
-                out.append(len(label))
-                out += label.encode("ascii")
-            out.append(0)
-            if len(out) <= 255:
-                return bytes(out)
+        parts = text.encode("ascii").split(b".")
+        lengths = [len(p) for p in parts]
+        if min(lengths) > 0 and max(lengths) < 64 and len(text) < 254:
+            return b"".join([_LENGTH_BYTE[n] + p for n, p in zip(lengths, parts, strict=True)]) + b"\0"
     return dns.name.from_text(name).to_wire() or b""
 
 
@@ -537,6 +536,18 @@ class DnsResolver:
             rate_limit=settings.dns_rate_limit,
         )
 
+    def for_workers(self, workers: int) -> DnsResolver:
+        """A copy for one of ``workers`` processes sharing the servers: each gets its share of the rate."""
+        return DnsResolver(
+            self.servers,
+            timeout=self.timeout,
+            retries=self.retries,
+            max_in_flight=self.max_in_flight,
+            rate_limit=self.rate_limit / max(1, workers),
+            recursion_desired=self.recursion_desired,
+            tcp_workers=self.tcp_workers,
+        )
+
     def resolve_many(self, queries: Sequence[Question]) -> list[DnsAnswer]:
         if not queries:
             return []
@@ -798,6 +809,7 @@ class StaticDns:
     data: dict[str, dict[str, list[tuple[int, str]]]] = field(default_factory=dict)
     label: str = "static"
     follow_cnames: bool = True  # False: answer a CNAME alone, like a server without the target zone
+    _names: set[str] | None = field(default=None, repr=False)
 
     def add_zone(self, origin: str, negative_ttl: int = 60) -> None:
         self.zones[absolute(origin)] = negative_ttl
@@ -805,11 +817,13 @@ class StaticDns:
     def add(self, name: str, rdtype: str, value: str, ttl: int = 300) -> None:
         value = absolute(value) if rdtype in ("PTR", "CNAME", "NS") else value
         self.data.setdefault(absolute(name), {}).setdefault(rdtype, []).append((ttl, value))
+        self._names = None
 
     def remove(self, name: str, rdtype: str | None = None) -> None:
         node = self.data.get(absolute(name))
         if node is None:
             return
+        self._names = None
         if rdtype is None:
             node.clear()
         else:
@@ -825,10 +839,15 @@ class StaticDns:
         return best
 
     def _exists(self, name: str) -> bool:
-        if self.data.get(name):
-            return True
-        suffix = "." + name
-        return any(key.endswith(suffix) and nodes for key, nodes in self.data.items())
+        """The name owns records or is an empty non-terminal above names that do (NODATA, not NXDOMAIN)."""
+        if self._names is None:
+            names: set[str] = set()
+            for key, node in self.data.items():
+                if any(node.values()):
+                    labels = key.split(".")
+                    names.update(".".join(labels[i:]) for i in range(len(labels)))
+            self._names = names
+        return name in self._names
 
     def answer(self, qname: str, qtype: str) -> DnsAnswer:
         qname, qtype = absolute(qname), qtype.upper()

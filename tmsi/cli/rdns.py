@@ -131,7 +131,13 @@ def check_cmd(
             )
 
     summary = verify_network(
-        make_resolver(settings), network, progress, sample_v6=settings.ipv6_sample_size, rules=rules
+        make_resolver(settings),
+        network,
+        progress,
+        sample_v6=settings.ipv6_sample_size,
+        rules=rules,
+        keep_passing=not failing_only,
+        workers=settings.dns_workers,
     )
     _write(
         sys.stdout,

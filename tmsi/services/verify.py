@@ -27,13 +27,16 @@ lock; the worker that completes the last chunk finalizes the run, the target and
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import importlib
 import ipaddress
 import logging
+import multiprocessing
 import os
 import random
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -157,7 +160,11 @@ class _Lookups:
             follow: list[tuple[str, str]] = []
             for name, rdtype in todo:
                 answer = self.cache[(name, rdtype)]
-                if answer.ok and answer.rcode == "NOERROR":
+                if (
+                    answer.ok
+                    and answer.rcode == "NOERROR"
+                    and any(r.rdtype == "CNAME" for r in answer.records)
+                ):
                     owner, found, chain = answer.chase(rdtype)
                     if chain and not found and (owner, rdtype) not in self.cache:
                         follow.append((owner, rdtype))
@@ -444,18 +451,30 @@ def verify_network(
     named_addresses: Iterable[IPAddress] = (),
     rules: rdns.Rules | None = None,
     chunk_size: int = CHUNK,
-    keep_results: bool = True,
+    keep_passing: bool = True,
+    workers: int = 1,
 ) -> RangeSummary:
-    """Verify every address of an IPv4 network (an IPv6 prefix: named + sampled), chunk by chunk."""
+    """Verify every address of an IPv4 network (an IPv6 prefix: named + sampled), chunk by chunk.
+
+    ``summary.results`` keeps every non-passing result, and the passing ones only with ``keep_passing``
+    (otherwise just the first, as an example). With ``workers`` > 1 and no passing results to keep, a
+    large range is shared by that many processes (each with its own sockets and ``1/workers`` of the
+    rate limit): classification and wire parsing are CPU-bound, so one process cannot use both cores.
+    """
     net = parse_network(network, strict=False) if isinstance(network, str) else network
     addresses, sampled, note = addresses_to_check(net, sample_v6=sample_v6, named_addresses=named_addresses)
     summary = RangeSummary(str(net), net.num_addresses, sampled=sampled, note=note)
     started = time.monotonic()
-    for start in range(0, len(addresses), chunk_size):
-        chunk = addresses[start : start + chunk_size]
-        for address, item in zip(chunk, check_addresses(resolver, chunk, rules=rules), strict=True):
-            summary.add(item, address)
-            if keep_results:
+    chunks = [addresses[start : start + chunk_size] for start in range(0, len(addresses), chunk_size)]
+
+    def take(chunk: Sequence[IPAddress], items: Sequence[AddressResult | None]) -> None:
+        for address, item in zip(chunk, items, strict=True):
+            if item is None or item.passes:
+                summary.add(_PASSED, address)
+                if item is not None and (keep_passing or summary.passed == 1):
+                    summary.results.append(item)
+            else:
+                summary.add(item, address)
                 summary.results.append(item)
         if progress_cb is not None:
             progress_cb(
@@ -463,8 +482,35 @@ def verify_network(
                     summary.checked, len(addresses), summary.passed, summary.failed, summary.unverifiable
                 )
             )
+
+    if workers > 1 and not keep_passing and len(addresses) >= PARALLEL_FROM:
+        worker_resolver = resolver.for_workers(workers) if hasattr(resolver, "for_workers") else resolver
+        # fork is cheap (no re-import) but unsafe once other threads exist (a job worker): forkserver then
+        context = multiprocessing.get_context("fork" if threading.active_count() == 1 else "forkserver")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            futures = {pool.submit(_check_compact, worker_resolver, chunk, rules): chunk for chunk in chunks}
+            for future in concurrent.futures.as_completed(futures):
+                take(futures[future], future.result())
+        summary.results.sort(key=lambda r: int(ipaddress.ip_address(r.address)))
+    else:
+        for chunk in chunks:
+            take(chunk, check_addresses(resolver, chunk, rules=rules))
     summary.elapsed = time.monotonic() - started
     return summary
+
+
+PARALLEL_FROM = 8192
+_PASSED = AddressResult("", CheckResult.PASS, "pass", [])
+
+
+def _check_compact(
+    resolver: Resolver, chunk: Sequence[IPAddress], rules: rdns.Rules | None
+) -> list[AddressResult | None]:
+    """check_addresses in a worker process: passing results come back as None (cheap to send), except
+    the chunk's first one (the example kept in the summary)."""
+    results = check_addresses(resolver, chunk, rules=rules)
+    first = next((i for i, r in enumerate(results) if r.passes), -1)
+    return [r if (not r.passes or i == first) else None for i, r in enumerate(results)]
 
 
 def rules_for(settings: Settings) -> rdns.Rules | None:
@@ -689,6 +735,8 @@ def verify_target(
         sample_v6=settings.ipv6_sample_size,
         named_addresses=named_addresses_for(target),
         rules=rules_for(settings),
+        keep_passing=run.total <= STORE_PASSING_UP_TO,
+        workers=settings.dns_workers,
     )
     return record_run(session, run, target, summary, settings=settings, now=now)
 
@@ -933,7 +981,7 @@ def run_target_verification(
     with unit_of_work(factory) as session:
         target = session.get_one(CaseTarget, target_id)
         run = start_run(session, target, trigger, actor, now=now, settings=settings)
-        run_id = run.id
+        run_id, total = run.id, run.total
         network = target_network(target)
         named = named_addresses_for(target)
         if target.case.status == CaseStatus.NEW:
@@ -950,6 +998,8 @@ def run_target_verification(
             sample_v6=settings.ipv6_sample_size,
             named_addresses=named,
             rules=rules_for(settings),
+            keep_passing=total <= STORE_PASSING_UP_TO,
+            workers=settings.dns_workers,
         )
     except Exception as exc:
         with unit_of_work(factory) as session:
@@ -1043,8 +1093,14 @@ def job_verify_chunk(
         run = session.get_one(VerificationRun, run_id)
         target = session.get_one(CaseTarget, run.target_id)
         named = named_addresses_for(target)
+        keep_passing = run.total <= STORE_PASSING_UP_TO
     summary = verify_network(
-        resolver, chunk, sample_v6=settings.ipv6_sample_size, named_addresses=named, rules=rules_for(settings)
+        resolver,
+        chunk,
+        sample_v6=settings.ipv6_sample_size,
+        named_addresses=named,
+        rules=rules_for(settings),
+        keep_passing=keep_passing,
     )
     with unit_of_work(factory) as session:
         stmt = select(VerificationRun).where(VerificationRun.id == run_id)
@@ -1057,7 +1113,7 @@ def job_verify_chunk(
         if chunk in parts:
             return False  # a retried task: this chunk was merged already
         parts[chunk] = summary.as_dict()
-        store_checks(session, run, target, summary)
+        store_checks(session, run, target, summary, keep_passing=keep_passing)
         data["chunks"] = parts
         run.summary = data
         run.done += summary.checked
