@@ -9,7 +9,15 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from tests.integration.ui_support import PASSWORD, csrf_from, login, make_case, make_user, signed_in, token_for
+from tests.integration.ui_support import (
+    PASSWORD,
+    csrf_from,
+    login,
+    make_case,
+    make_user,
+    signed_in,
+    token_for,
+)
 from tmsi.db import unit_of_work
 from tmsi.models import ApiToken, AuditEvent, User
 from tmsi.services import users
@@ -61,11 +69,17 @@ def test_login_is_rate_limited(client, factory):
 def test_missing_or_expired_csrf_is_a_clear_400_not_a_500(app, client, factory):
     make_user(factory, "ana@example.test", "analyst")
     missing = client.post("/login", data={"email": "ana@example.test", "password": PASSWORD})
-    assert missing.status_code == 400 and "Form expired" in missing.text and "Nothing was changed" in missing.text
+    assert (
+        missing.status_code == 400
+        and "Form expired" in missing.text
+        and "Nothing was changed" in missing.text
+    )
     app.config["WTF_CSRF_TIME_LIMIT"] = 1
     token = csrf_from(client.get("/login").text)
     time.sleep(2.1)
-    expired = client.post("/login", data={"email": "ana@example.test", "password": PASSWORD, "csrf_token": token})
+    expired = client.post(
+        "/login", data={"email": "ana@example.test", "password": PASSWORD, "csrf_token": token}
+    )
     assert expired.status_code == 400 and "expired" in expired.text.lower()
 
 
@@ -104,13 +118,27 @@ def test_next_parameter_cannot_redirect_elsewhere(client, factory):
     make_user(factory, "ana@example.test", "analyst")
     page = client.get("/login")
     for target in ("https://evil.example/", "//evil.example/x", "/\\evil.example"):
-        response = client.post("/login", data={"email": "ana@example.test", "password": PASSWORD, "next": target,
-                                               "csrf_token": csrf_from(page.text)})
+        response = client.post(
+            "/login",
+            data={
+                "email": "ana@example.test",
+                "password": PASSWORD,
+                "next": target,
+                "csrf_token": csrf_from(page.text),
+            },
+        )
         assert response.headers["Location"] == "/cases", target
         client.post("/logout", data={"csrf_token": csrf_from(client.get("/logout").text)})
         page = client.get("/login")
-    response = client.post("/login", data={"email": "ana@example.test", "password": PASSWORD,
-                                           "next": "/audit?x=1", "csrf_token": csrf_from(page.text)})
+    response = client.post(
+        "/login",
+        data={
+            "email": "ana@example.test",
+            "password": PASSWORD,
+            "next": "/audit?x=1",
+            "csrf_token": csrf_from(page.text),
+        },
+    )
     assert response.headers["Location"] == "/audit?x=1"
 
 
@@ -127,12 +155,20 @@ def test_security_headers_on_pages(client, factory):
 def _ui_and_api_routes(app):
     out = []
     for rule in app.url_map.iter_rules():
-        if rule.endpoint.split(".")[0] not in {"ui", "api_cases"} or rule.endpoint in {"ui.static",
-                                                                                     "api_cases.openapi"}:
+        if rule.endpoint.split(".")[0] not in {"ui", "api_cases"} or rule.endpoint in {
+            "ui.static",
+            "api_cases.openapi",
+        }:
             continue
         url = rule.rule
-        for arg, value in (("<reference>", "TMSI-2026-000001"), ("<name>", "note"), ("<int:message_id>", "1"),
-                           ("<int:index>", "0"), ("<key>", "acknowledgement"), ("<action>", "note")):
+        for arg, value in (
+            ("<reference>", "TMSI-2026-000001"),
+            ("<name>", "note"),
+            ("<int:message_id>", "1"),
+            ("<int:index>", "0"),
+            ("<key>", "acknowledgement"),
+            ("<action>", "note"),
+        ):
             url = url.replace(arg, value)
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             out.append((method, url))
@@ -176,10 +212,16 @@ def test_auditor_changes_nothing(app, client, factory):
     page = client.get(f"/cases/{ref}")
     assert page.status_code == 200 and "Add note" not in page.text
     token = csrf_from(page.text)
-    for url in (f"/cases/{ref}/action/note", f"/cases/{ref}/reply", "/cases/bulk", "/users",
-                "/templates/acknowledgement"):
-        response = client.post(url, data={"csrf_token": token, "body": "x", "refs": ref, "op": "spam",
-                                          "subject": "x"})
+    for url in (
+        f"/cases/{ref}/action/note",
+        f"/cases/{ref}/reply",
+        "/cases/bulk",
+        "/users",
+        "/templates/acknowledgement",
+    ):
+        response = client.post(
+            url, data={"csrf_token": token, "body": "x", "refs": ref, "op": "spam", "subject": "x"}
+        )
         assert response.status_code == 403, url
     with factory() as db:
         assert db.scalar(select(AuditEvent).where(AuditEvent.action == "case.note")) is None
@@ -194,7 +236,9 @@ def test_api_bearer_tokens(client, factory):
         assert token not in stored and len(stored[0]) == 64
     ok = client.get("/api/v1/cases", headers={"Authorization": f"Bearer {token}"})
     assert ok.status_code == 200 and ok.json["total"] == 1
-    assert client.get(f"/api/v1/cases/{ref}", headers={"Authorization": f"Bearer {token}x"}).status_code == 401
+    assert (
+        client.get(f"/api/v1/cases/{ref}", headers={"Authorization": f"Bearer {token}x"}).status_code == 401
+    )
     assert client.get("/api/v1/cases", headers={"Authorization": "Bearer not-a-token"}).status_code == 401
     with unit_of_work(factory) as db:
         row = db.scalar(select(ApiToken))
@@ -216,11 +260,16 @@ def test_users_cli(settings, factory, monkeypatch):
 
     monkeypatch.setenv("TMSI_DATABASE_URL", settings.database_url)
     runner = CliRunner()
-    result = runner.invoke(main, ["users", "create", "Lead@Example.test", "--role", "lead", "--password-stdin"],
-                           input="a long enough password\n")
+    result = runner.invoke(
+        main,
+        ["users", "create", "Lead@Example.test", "--role", "lead", "--password-stdin"],
+        input="a long enough password\n",
+    )
     assert result.exit_code == 0, result.output
     assert "created lead@example.test (lead)" in result.output
-    again = runner.invoke(main, ["users", "create", "lead@example.test", "--password-stdin"], input="x" * 12 + "\n")
+    again = runner.invoke(
+        main, ["users", "create", "lead@example.test", "--password-stdin"], input="x" * 12 + "\n"
+    )
     assert again.exit_code != 0 and "already exists" in again.output
     short = runner.invoke(main, ["users", "create", "s@example.test", "--password-stdin"], input="short\n")
     assert short.exit_code != 0 and "at least" in short.output

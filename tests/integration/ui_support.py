@@ -41,7 +41,9 @@ def csrf_from(html: str) -> str:
 
 def login(client: Any, email: str, password: str = PASSWORD) -> Any:
     page = client.get("/login")
-    return client.post("/login", data={"email": email, "password": password, "csrf_token": csrf_from(page.text)})
+    return client.post(
+        "/login", data={"email": email, "password": password, "csrf_token": csrf_from(page.text)}
+    )
 
 
 def signed_in(client: Any, factory: sessionmaker[Session], role: str, email: str | None = None) -> str:
@@ -59,13 +61,22 @@ def form_fields(html: str, action: str) -> dict[str, str]:
     return dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', html[start:end]))
 
 
-def add_target(db: Session, case: Case, network: str, coverage: Coverage = Coverage.LISTED, **kw: Any) -> CaseTarget:
+def add_target(
+    db: Session, case: Case, network: str, coverage: Coverage = Coverage.LISTED, **kw: Any
+) -> CaseTarget:
     net = ipaddress.ip_network(network)
     version, start, end = network_keys(net)
     target = CaseTarget(
-        network=str(net), version=version, prefixlen=net.prefixlen, start_key=start, end_key=end,
-        source_text=kw.pop("source_text", network), coverage=coverage, summary=kw.pop("summary", {}),
-        authority_evidence={}, **kw,
+        network=str(net),
+        version=version,
+        prefixlen=net.prefixlen,
+        start_key=start,
+        end_key=end,
+        source_text=kw.pop("source_text", network),
+        coverage=coverage,
+        summary=kw.pop("summary", {}),
+        authority_evidence={},
+        **kw,
     )
     case.targets.append(target)
     db.flush()
@@ -75,37 +86,78 @@ def add_target(db: Session, case: Case, network: str, coverage: Coverage = Cover
 def add_listing(db: Session, network: str, reason: str = "generic rDNS") -> Listing:
     net = ipaddress.ip_network(network)
     version, start, end = network_keys(net)
-    row = Listing(network=str(net), version=version, prefixlen=net.prefixlen, start_key=start, end_key=end,
-                  reason=reason, evidence={})
-    db.add(row)
-    db.flush()
-    return row
-
-
-def add_message(db: Session, case: Case, *, subject: str = "", body: str = "", html: str = "",
-                from_addr: str = "", from_name: str = "", raw: bytes = b"", attachments: list[Any] | None = None,
-                message_id: str = "", minutes_ago: int = 0) -> Message:
-    message_id = message_id or f"<m{utcnow().timestamp()}-{id(case)}-{subject[:8]}@isp.example>"
-    row = Message(
-        case_id=case.id, direction=Direction.IN, kind=MessageKind.REQUEST, dedupe_key=message_id,
-        message_id_header=message_id, content_hash="0" * 64, raw=raw or None, raw_size=len(raw),
-        from_addr=from_addr or case.requester_email, from_name=from_name, to_addrs=["dul@example.test"],
-        subject=subject or case.subject, body_text=body, body_html=html, attachments=attachments or [],
-        references=[], headers=[], explain={}, received_at=utcnow() - timedelta(minutes=minutes_ago),
+    row = Listing(
+        network=str(net),
+        version=version,
+        prefixlen=net.prefixlen,
+        start_key=start,
+        end_key=end,
+        reason=reason,
+        evidence={},
     )
     db.add(row)
     db.flush()
     return row
 
 
-def make_case(factory: sessionmaker[Session], *, subject: str = "Please delist", email: str = "noc@isp.example",
-              targets: tuple[str, ...] = ("203.0.113.0/29",), listings: tuple[str, ...] = ("203.0.113.0/24",),
-              waiting_hours: float = 1, **fields: Any) -> str:
+def add_message(
+    db: Session,
+    case: Case,
+    *,
+    subject: str = "",
+    body: str = "",
+    html: str = "",
+    from_addr: str = "",
+    from_name: str = "",
+    raw: bytes = b"",
+    attachments: list[Any] | None = None,
+    message_id: str = "",
+    minutes_ago: int = 0,
+) -> Message:
+    message_id = message_id or f"<m{utcnow().timestamp()}-{id(case)}-{subject[:8]}@isp.example>"
+    row = Message(
+        case_id=case.id,
+        direction=Direction.IN,
+        kind=MessageKind.REQUEST,
+        dedupe_key=message_id,
+        message_id_header=message_id,
+        content_hash="0" * 64,
+        raw=raw or None,
+        raw_size=len(raw),
+        from_addr=from_addr or case.requester_email,
+        from_name=from_name,
+        to_addrs=["dul@example.test"],
+        subject=subject or case.subject,
+        body_text=body,
+        body_html=html,
+        attachments=attachments or [],
+        references=[],
+        headers=[],
+        explain={},
+        received_at=utcnow() - timedelta(minutes=minutes_ago),
+    )
+    db.add(row)
+    db.flush()
+    return row
+
+
+def make_case(
+    factory: sessionmaker[Session],
+    *,
+    subject: str = "Please delist",
+    email: str = "noc@isp.example",
+    targets: tuple[str, ...] = ("203.0.113.0/29",),
+    listings: tuple[str, ...] = ("203.0.113.0/24",),
+    waiting_hours: float = 1,
+    **fields: Any,
+) -> str:
     with unit_of_work(factory) as db:
         for network in listings:
             if db.query(Listing).filter_by(network=network, active=True).first() is None:
                 add_listing(db, network)
-        case = cases.open_case(db, subject=subject, requester_email=email, requester_name=fields.pop("name", ""))
+        case = cases.open_case(
+            db, subject=subject, requester_email=email, requester_name=fields.pop("name", "")
+        )
         case.waiting_since = utcnow() - timedelta(hours=waiting_hours)
         for key, value in fields.items():
             setattr(case, key, value)

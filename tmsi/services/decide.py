@@ -695,9 +695,9 @@ def merge(
             raise DecisionError(f"{source.reference} was already merged")
         have = {t.network for t in into.targets}
         moved = [t for t in source.targets if t.network not in have]
-        for target in moved:
-            source.targets.remove(target)
-            into.targets.append(target)
+        with session.no_autoflush:  # a target between two cases is no orphan
+            for target in moved:
+                target.case = into
         session.execute(update(Message).where(Message.case_id == source.id).values(case_id=into.id))
         session.execute(update(CaseNote).where(CaseNote.case_id == source.id).values(case_id=into.id))
         source.merged_into_id = into.id
@@ -755,9 +755,9 @@ def split(
     new.authority_result = case.authority_result
     new.authority_evidence = dict(case.authority_evidence or {})
     new.search_text = case.search_text
-    for target in chosen:
-        case.targets.remove(target)
-        new.targets.append(target)
+    with session.no_autoflush:
+        for target in chosen:
+            target.case = new
     _touch(case, now)
     session.flush()
     nets = [t.network for t in chosen]

@@ -129,8 +129,7 @@ def set_active(session: Session, user: User, active: bool, *, actor: Actor = SYS
     user.active = active
     if not active:
         for token in user.tokens:
-            if token.revoked_at is None:
-                token.revoked_at = utcnow()
+            revoke_token(session, token, actor=actor)
     audit.record(
         session,
         action="user.enabled" if active else "user.disabled",

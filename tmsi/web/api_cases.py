@@ -166,7 +166,7 @@ def list_cases() -> Any:
             counts=page.counts,
             cases=[
                 case_summary(r.case, r.assignee_email)
-                | {"targets": r.networks, "target_count": r.target_count}
+                | {"networks": r.networks, "target_count": r.target_count}
                 for r in page.rows
             ],
         )

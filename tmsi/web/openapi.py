@@ -80,7 +80,11 @@ _SCHEMAS: dict[str, Any] = {
             "updated_at": {"type": "string", "format": "date-time"},
             "waiting_since": {"type": ["string", "null"], "format": "date-time"},
             "version": {"type": "integer", "description": "optimistic lock; send it back with an action"},
-            "targets": {"type": "array", "items": {"type": "string"}},
+            "networks": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "first target networks",
+            },
             "target_count": {"type": "integer"},
         },
     },

@@ -1,0 +1,374 @@
+"""The case page: thread, hostile content, downloads, evidence, every action with its audit event,
+optimistic lock and idempotency, replies through the outbox, delisting with a listing split."""
+
+from __future__ import annotations
+
+import email.policy
+from email.message import EmailMessage
+
+import pytest
+from sqlalchemy import select
+
+from tests.integration.ui_support import (
+    add_message,
+    csrf_from,
+    form_fields,
+    make_case,
+    signed_in,
+)
+from tmsi.db import unit_of_work, utcnow
+from tmsi.models import (
+    AuditEvent,
+    Case,
+    CaseNote,
+    CaseStatus,
+    CheckResult,
+    Delisting,
+    DnsCheck,
+    Listing,
+    NameVerdict,
+    OutboxMessage,
+    OutboxStatus,
+    Resolution,
+    RunStatus,
+    TargetStatus,
+    VerificationRun,
+)
+from tmsi.services import cases
+
+HOSTILE = '<script>alert("x")</script><img src=x onerror="alert(1)">'
+
+
+def _case(factory, ref):
+    with factory() as db:
+        case = cases.get_by_reference(db, ref)
+        assert case is not None
+        _ = case.targets
+        return case
+
+
+def _events(factory, ref):
+    with factory() as db:
+        case = cases.get_by_reference(db, ref)
+        return db.scalars(
+            select(AuditEvent).where(AuditEvent.case_id == case.id).order_by(AuditEvent.id)
+        ).all()
+
+
+def _act(client, ref, name, **data):
+    page = client.get(f"/cases/{ref}")
+    form = "delist" if name in {"verify", "split"} else name  # buttons of the targets form
+    fields = form_fields(page.text, f"/cases/{ref}/action/{form}")
+    return client.post(f"/cases/{ref}/action/{name}", data={**fields, **data}, follow_redirects=True), fields
+
+
+def _raw_with_attachment() -> bytes:
+    msg = EmailMessage(policy=email.policy.SMTP)
+    msg["From"] = "Eve <eve@isp.example>"
+    msg["To"] = "dul@example.test"
+    msg["Subject"] = "x"
+    msg.set_content("see attached")
+    msg.add_attachment(
+        b"<html><script>alert(1)</script></html>",
+        maintype="text",
+        subtype="html",
+        filename='"><img src=x onerror=alert(1)>.html',
+    )
+    return msg.as_bytes()
+
+
+def test_unknown_case_is_404_page(client, factory):
+    signed_in(client, factory, "analyst")
+    response = client.get("/cases/TMSI-2026-999999")
+    assert response.status_code == 404 and "There is no case TMSI-2026-999999" in response.text
+    assert (
+        client.post(
+            "/cases/TMSI-2026-999999/action/note", data={"csrf_token": csrf_from(response.text), "body": "x"}
+        ).status_code
+        == 404
+    )
+
+
+def test_hostile_mail_never_runs(client, factory):
+    ref = make_case(factory, subject=HOSTILE, name=HOSTILE)
+    raw = _raw_with_attachment()
+    with unit_of_work(factory) as db:
+        case = cases.get_by_reference(db, ref)
+        msg = add_message(
+            db,
+            case,
+            subject=HOSTILE,
+            body=HOSTILE,
+            from_name=HOSTILE,
+            raw=raw,
+            html=f'<p onclick="x()">hi</p>{HOSTILE}<img src="http://tracker.example/p.gif">'
+            '<a href="javascript:alert(1)">link</a>',
+            attachments=[{"filename": HOSTILE}],
+        )
+        message_id = msg.id
+    signed_in(client, factory, "analyst")
+    page = client.get(f"/cases/{ref}")
+    html = page.text
+    assert page.status_code == 200
+    assert "<script>alert" not in html and "<img src=x" not in html and 'onerror="alert' not in html
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html
+    assert 'sandbox=""' in html  # the HTML part is only shown in a sandboxed frame
+    frame = client.get(f"/cases/{ref}/messages/{message_id}/html")
+    assert "<script" not in frame.text and "onerror" not in frame.text and "onclick" not in frame.text
+    assert "javascript:" not in frame.text and "<p>hi</p>" in frame.text
+    assert "sandbox" in frame.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in frame.headers["Content-Security-Policy"]
+    # Attachment: listed by name (escaped), downloaded as opaque bytes with a safe file name.
+    att = client.get(f"/cases/{ref}/messages/{message_id}/attachments/0")
+    assert att.status_code == 200 and att.mimetype == "application/octet-stream"
+    disposition = att.headers["Content-Disposition"]
+    assert (
+        disposition.startswith("attachment;")
+        and "<" not in disposition
+        and '"' not in disposition.split("=", 1)[1][1:-1]
+    )
+    assert att.data == b"<html><script>alert(1)</script></html>"
+    assert client.get(f"/cases/{ref}/messages/{message_id}/attachments/5").status_code == 404
+    raw_dl = client.get(f"/cases/{ref}/messages/{message_id}/raw")
+    assert raw_dl.data == raw and raw_dl.headers["Content-Disposition"].startswith("attachment;")
+    assert raw_dl.headers["X-Content-Type-Options"] == "nosniff"
+    other = make_case(factory, targets=("198.51.100.1/32",), listings=())
+    assert client.get(f"/cases/{other}/messages/{message_id}/raw").status_code == 404
+
+
+def test_targets_show_coverage_verdicts_evidence_and_history(client, factory):
+    ref = make_case(factory, targets=("203.0.113.0/30",), listings=("203.0.113.0/24",))
+    with unit_of_work(factory) as db:
+        case = cases.get_by_reference(db, ref)
+        target = case.targets[0]
+        run = VerificationRun(
+            case_id=case.id,
+            target_id=target.id,
+            network=target.network,
+            status=RunStatus.RUNNING,
+            total=4,
+            done=2,
+            passed=1,
+            failed=1,
+            summary={},
+        )
+        db.add(run)
+        for i, result in enumerate((CheckResult.PASS, CheckResult.FAIL)):
+            db.add(
+                DnsCheck(
+                    target_id=target.id,
+                    address=f"203.0.113.{i}",
+                    version=4,
+                    address_key=bytes([203, 0, 113, i]),
+                    result=result,
+                    name_verdict=NameVerdict.GENERIC,
+                    ptr_names=[f"dyn-203-0-113-{i}.isp.example."],
+                    reasons=[f"generic name <b>{i}</b>"],
+                    evidence={"ptr": {"ttl": 300}},
+                )
+            )
+    signed_in(client, factory, "analyst")
+    html = client.get(f"/cases/{ref}").text
+    assert "203.0.113.0/24 — generic rDNS" in html  # covering listing
+    assert "dyn-203-0-113-1.isp.example." in html and "generic name &lt;b&gt;1&lt;/b&gt;" in html
+    assert '"ttl": 300' in html
+    assert "2/4 running" in html
+    progress = client.get(f"/cases/{ref}/progress.json").json
+    assert (
+        progress["running"] is True and progress["runs"][0]["done"] == 2 and progress["runs"][0]["total"] == 4
+    )
+
+
+def test_assign_and_note_are_audited(client, factory):
+    ref = make_case(factory)
+    email = signed_in(client, factory, "analyst")
+    response, _ = _act(client, ref, "assign", assignee="me")
+    assert f"Assigned to {email}" in response.text
+    response, _ = _act(client, ref, "note", body="Called the ISP <script>x</script>")
+    assert "Note added." in response.text and "Called the ISP &lt;script&gt;" in response.text
+    events = _events(factory, ref)
+    assert [e.action for e in events][-2:] == ["case.assigned", "case.note"]
+    assert events[-2].before == {"assignee": None} and events[-2].after == {"assignee": email}
+    assert events[-1].actor == email
+
+
+def test_stale_form_and_double_submit(client, factory):
+    ref = make_case(factory)
+    signed_in(client, factory, "analyst")
+    page = client.get(f"/cases/{ref}")
+    note = form_fields(page.text, f"/cases/{ref}/action/note")
+    assign = form_fields(page.text, f"/cases/{ref}/action/assign")
+    first = client.post(f"/cases/{ref}/action/note", data={**note, "body": "once"}, follow_redirects=True)
+    assert "Note added." in first.text
+    again = client.post(f"/cases/{ref}/action/note", data={**note, "body": "once"}, follow_redirects=True)
+    assert "already submitted" in again.text
+    stale = client.post(
+        f"/cases/{ref}/action/assign", data={**assign, "assignee": "me"}, follow_redirects=True
+    )
+    assert "was changed by someone else" in stale.text and "Nothing was done" in stale.text
+    with factory() as db:
+        assert len(db.scalars(select(CaseNote)).all()) == 1
+        assert db.scalar(select(Case.assignee_id).where(Case.reference == ref)) is None
+
+
+def test_verify_now_dispatches_after_commit(app, client, factory):
+    ref = make_case(factory, targets=("203.0.113.0/30", "198.51.100.1/32"), listings=())
+    calls = []
+
+    def fake_dispatch(settings, fac, target_ids, actor):
+        with fac() as db:  # the request's transaction is committed before the dispatch
+            assert db.scalar(select(Case.status).where(Case.reference == ref)) == CaseStatus.VERIFYING
+        calls.append((target_ids, actor))
+        return "started"
+
+    app.extensions["tmsi.verify_dispatch"] = fake_dispatch
+    email = signed_in(client, factory, "analyst")
+    case = _case(factory, ref)
+    response, _ = _act(client, ref, "verify", targets=str(case.targets[0].id))
+    assert "Verification requested for 1 target(s). (started)" in response.text
+    assert calls == [([case.targets[0].id], email)]
+    assert [e.action for e in _events(factory, ref)][-2:] == ["case.verify_requested", "case.status"]
+
+
+@pytest.fixture(params=["builtin", "engine"])
+def delister(request):
+    """Both the built-in splitter and the delisting engine (tmsi.services.delist) when it can run here."""
+    from tmsi.services import decide
+
+    if request.param == "builtin":
+        decide.set_delister(decide.builtin_delist)
+    else:
+        try:
+            import tmsi.services.delist
+            import tmsi.services.export  # noqa: F401
+        except ImportError as exc:
+            pytest.skip(f"delisting engine not complete yet: {exc}")
+        decide.set_delister(None)
+    yield request.param
+    decide.set_delister(None)
+
+
+def test_partial_delisting_splits_the_listing(client, factory, delister):
+    ref = make_case(factory, targets=("203.0.113.0/29",), listings=("203.0.113.0/24",))
+    signed_in(client, factory, "analyst")
+    case = _case(factory, ref)
+    response, _ = _act(
+        client, ref, "delist", targets=str(case.targets[0].id), only="203.0.113.5", reason="ok"
+    )
+    assert "Delisted 203.0.113.5/32." in response.text
+    with factory() as db:
+        active = sorted(db.scalars(select(Listing.network).where(Listing.active.is_(True))))
+        assert "203.0.113.5/32" not in active and "203.0.113.0/24" not in active
+        assert "203.0.113.4/32" in active and "203.0.113.128/25" in active and len(active) == 8
+        assert db.scalars(select(Delisting.network)).all() == ["203.0.113.5/32"]
+        case = cases.get_by_reference(db, ref)
+        assert case.status == CaseStatus.DELISTED and case.resolution == Resolution.PARTIALLY_DELISTED
+        assert case.targets[0].status != TargetStatus.DELISTED
+    bad, _ = _act(client, ref, "delist", targets=str(case.targets[0].id), only="198.51.100.1")
+    assert "is not inside a selected target" in bad.text
+    whole, _ = _act(client, ref, "delist", targets=str(case.targets[0].id))
+    assert "Delisted 203.0.113.0/29." in whole.text
+    with factory() as db:
+        case = cases.get_by_reference(db, ref)
+        assert case.resolution == Resolution.DELISTED and case.targets[0].status == TargetStatus.DELISTED
+        assert "203.0.113.8/29" in db.scalars(select(Listing.network).where(Listing.active.is_(True))).all()
+    actions = [e.action for e in _events(factory, ref)]
+    assert actions.count("target.delisted") == 2
+
+
+def test_reject_ask_close_reopen_split(client, factory):
+    ref = make_case(factory, targets=("203.0.113.1/32", "203.0.113.2/32"))
+    signed_in(client, factory, "analyst")
+    response, _ = _act(client, ref, "ask", question="Which range?")
+    assert "awaits the requester" in response.text
+    case = _case(factory, ref)
+    response, _ = _act(client, ref, "split", targets=str(case.targets[1].id))
+    assert "Split into the new case" in response.text
+    response, _ = _act(client, ref, "reject", reason="generic rDNS <b>still</b>", send="1")
+    assert "Rejected and the reply queued." in response.text
+    response, _ = _act(client, ref, "close")
+    assert "Case closed." in response.text
+    response, _ = _act(client, ref, "reopen")
+    assert "Case reopened." in response.text
+    with factory() as db:
+        case = cases.get_by_reference(db, ref)
+        assert case.status == CaseStatus.NEW and len(case.targets) == 1
+        rows = db.scalars(select(OutboxMessage).where(OutboxMessage.case_id == case.id)).all()
+        assert [r.template_key for r in rows] == ["ask_information", "rejected"]
+        new = db.scalars(select(Case).where(Case.reference != ref)).one()
+        assert [t.network for t in new.targets] == ["203.0.113.2/32"]
+    actions = [e.action for e in _events(factory, ref)]
+    for expected in ("reply.queued", "case.split", "case.status"):
+        assert expected in actions
+
+
+def test_reply_compose_preview_send_and_header_injection(client, factory):
+    ref = make_case(factory, subject="Please delist 203.0.113.7")
+    signed_in(client, factory, "analyst")
+    compose = client.get(f"/cases/{ref}?reply=ask_information")
+    assert (
+        compose.status_code == 200
+        and 'id="reply-body"' in compose.text
+        and "Send</button>" not in compose.text
+    )
+    fields = form_fields(compose.text, f"/cases/{ref}/reply")
+    data = {**fields, "to": "noc@isp.example", "subject": "Re: Please delist", "body": "Which range, please?"}
+    preview = client.post(f"/cases/{ref}/reply", data={**data, "op": "preview"})
+    assert (
+        preview.status_code == 200
+        and f"Re: Please delist [{ref}]" in preview.text
+        and 'id="send-button"' in preview.text
+    )
+    bad = client.post(
+        f"/cases/{ref}/reply", data={**data, "subject": "hi\r\nBcc: victim@example.test", "op": "send"}
+    )
+    assert bad.status_code == 400 and "line break" in bad.text and "Which range, please?" in bad.text
+    bad_to = client.post(
+        f"/cases/{ref}/reply", data={**data, "to": "a@example.test\nBcc: b@example.test", "op": "send"}
+    )
+    assert bad_to.status_code == 400 and "refused" in bad_to.text
+    sent = client.post(f"/cases/{ref}/reply", data={**data, "op": "send"}, follow_redirects=True)
+    assert "Reply queued in the outbox." in sent.text
+    again = client.post(f"/cases/{ref}/reply", data={**data, "op": "send"}, follow_redirects=True)
+    assert "already submitted" in again.text
+    with factory() as db:
+        rows = db.scalars(select(OutboxMessage)).all()
+        assert len(rows) == 1 and rows[0].subject == f"Re: Please delist [{ref}]"
+        assert b"Which range, please?" in rows[0].raw and not rows[0].automatic
+
+
+def test_failed_send_is_visible_and_retried(client, factory):
+    ref = make_case(factory)
+    signed_in(client, factory, "analyst")
+    _act(client, ref, "ask", question="More?")
+    with unit_of_work(factory) as db:
+        row = db.scalar(select(OutboxMessage))
+        row.status, row.attempts, row.last_error = (
+            OutboxStatus.FAILED,
+            3,
+            "550 5.1.1 <noc@isp.example>: unknown",
+        )
+        row_id = row.id
+    page = client.get(f"/cases/{ref}")
+    assert "550 5.1.1 &lt;noc@isp.example&gt;: unknown" in page.text and "Retry now" in page.text
+    response, _ = _act(client, ref, "retry", outbox=str(row_id))
+    assert "sent again now" in response.text
+    with factory() as db:
+        row = db.get(OutboxMessage, row_id)
+        assert row.status == OutboxStatus.PENDING and row.next_attempt_at <= utcnow()
+    assert "reply.retry" in [e.action for e in _events(factory, ref)]
+
+
+@pytest.mark.parametrize("action", ["note", "assign", "verify", "delist", "reject", "close", "spam"])
+def test_auditor_cannot_act(client, factory, action):
+    ref = make_case(factory)
+    signed_in(client, factory, "auditor")
+    token = csrf_from(client.get(f"/cases/{ref}").text)
+    assert client.post(f"/cases/{ref}/action/{action}", data={"csrf_token": token}).status_code == 403
+
+
+def test_unknown_action_is_404(client, factory):
+    ref = make_case(factory)
+    signed_in(client, factory, "analyst")
+    token = csrf_from(client.get(f"/cases/{ref}").text)
+    assert client.post(f"/cases/{ref}/action/explode", data={"csrf_token": token}).status_code == 404

@@ -1,0 +1,197 @@
+"""The queue page and its service: filters, full-text and network search, counts, pagination, bulk actions."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from sqlalchemy import select
+
+from tests.integration.ui_support import csrf_from, form_fields, make_case, make_user, signed_in
+from tmsi.db import unit_of_work
+from tmsi.models import Case, CaseStatus, CheckResult, Message, Resolution
+from tmsi.services import queue
+
+
+def _refs(html: str) -> list[str]:
+    import re
+
+    return re.findall(r'class="case-link">(TMSI-[0-9-]+)<', html)
+
+
+def test_cases_overlapping_finds_supernets_subnets_and_equal(session):
+    from tests.integration.ui_support import add_target
+    from tmsi.services import cases
+
+    made = {}
+    for net in ("203.0.113.0/24", "203.0.113.8/29", "203.0.113.77/32", "198.51.100.0/24", "2001:db8:1::/48"):
+        case = cases.open_case(session, subject=net, requester_email="noc@isp.example")
+        add_target(session, case, net)
+        made[net] = case.id
+
+    def found(query: str) -> set[int]:
+        return set(session.scalars(queue.cases_overlapping(ipaddress.ip_network(query))))
+
+    assert found("203.0.113.9") == {made["203.0.113.0/24"], made["203.0.113.8/29"]}
+    assert found("203.0.113.0/25") == {
+        made["203.0.113.0/24"],
+        made["203.0.113.8/29"],
+        made["203.0.113.77/32"],
+    }
+    assert found("203.0.0.0/16") == {made[n] for n in ("203.0.113.0/24", "203.0.113.8/29", "203.0.113.77/32")}
+    assert found("192.0.2.0/24") == set()
+    assert found("2001:db8:1:2::1") == {made["2001:db8:1::/48"]}
+    assert found("2001:db8::/32") == {made["2001:db8:1::/48"]}
+
+
+def test_queue_filters_and_search(client, factory):
+    a = make_case(
+        factory,
+        subject="Delist our pool",
+        email="noc@isp.example",
+        targets=("203.0.113.0/29",),
+        waiting_hours=50,
+        authority_result=CheckResult.PASS,
+        verification_result=CheckResult.FAIL,
+        search_text="customer mentions hostmaster ticket 4711",
+    )
+    b = make_case(
+        factory,
+        subject="blocked again",
+        email="abuse@other.example",
+        targets=("198.51.100.7/32",),
+        listings=("198.51.100.0/24",),
+        waiting_hours=2,
+    )
+    c = make_case(
+        factory,
+        subject="closed one",
+        email="noc@isp.example",
+        targets=("192.0.2.128/32",),
+        listings=(),
+        status=CaseStatus.CLOSED,
+    )
+    signed_in(client, factory, "analyst")
+    default = client.get("/cases")
+    assert default.status_code == 200
+    assert _refs(default.text) == [a, b]  # open cases only, longest waiting first
+    assert _refs(client.get("/cases?sort=-waiting").text) == [b, a]
+    assert _refs(client.get("/cases?status=all").text) == [a, b, c]
+    assert _refs(client.get("/cases?status=closed").text) == [c]
+    assert _refs(client.get("/cases?domain=other.example").text) == [b]
+    assert _refs(client.get("/cases?authority=pass").text) == [a]
+    assert _refs(client.get("/cases?verification=fail").text) == [a]
+    assert _refs(client.get("/cases?age=1d").text) == [a]
+    assert _refs(client.get("/cases?q=HOSTMASTER").text) == [a]
+    assert _refs(client.get("/cases?q=abuse@other").text) == [b]
+    assert _refs(client.get(f"/cases?q={b.lower()}").text) == [b]
+    assert _refs(client.get("/cases?net=198.51.100.0/24").text) == [b]
+    assert _refs(client.get("/cases?net=203.0.113.5&status=all").text) == [a]
+    assert _refs(client.get("/cases?net=192.0.2.0/24&status=all").text) == [c]
+    assert _refs(client.get("/cases?q=100%25_").text) == []  # LIKE wildcards are literal
+    counts = default.text[default.text.index('id="status-counts"') :]
+    assert "new <b>2</b>" in counts and "closed <b>1</b>" in counts
+
+
+def test_bad_filters_are_400_with_a_message_not_500(client, factory):
+    signed_in(client, factory, "analyst")
+    for query, text in (
+        ("net=203.0.113.300", "not"),
+        ("status=bogus", "unknown status"),
+        ("age=2y", "unknown age"),
+        ("page=x", "numbers"),
+        ("assignee=<script>", "assignee"),
+    ):
+        response = client.get(f"/cases?{query}")
+        assert response.status_code == 400 and text in response.text, query
+        assert "<script>" not in response.text
+
+
+def test_pagination(client, factory):
+    refs = [
+        make_case(
+            factory, subject=f"case {i}", targets=(f"203.0.113.{i}/32",), listings=(), waiting_hours=100 - i
+        )
+        for i in range(7)
+    ]
+    signed_in(client, factory, "analyst")
+    first = client.get("/cases?per_page=3")
+    assert _refs(first.text) == refs[:3] and "page 1 of 3" in first.text and 'rel="next"' in first.text
+    third = client.get("/cases?per_page=3&page=3")
+    assert _refs(third.text) == refs[6:] and 'rel="next"' not in third.text and 'rel="prev"' in third.text
+
+
+def test_assignee_filter_and_bulk_assign(client, factory):
+    a = make_case(factory, targets=("203.0.113.1/32",))
+    b = make_case(factory, targets=("203.0.113.2/32",))
+    email = signed_in(client, factory, "analyst")
+    page = client.get("/cases")
+    fields = form_fields(page.text, "/cases/bulk")
+    response = client.post("/cases/bulk", data={**fields, "op": "assign", "assignee": "me", "refs": [a, b]})
+    assert response.status_code == 302
+    assert _refs(client.get("/cases?assignee=me").text) == [a, b]
+    assert _refs(client.get("/cases?assignee=none").text) == []
+    with factory() as db:
+        user_id = db.scalar(select(Case.assignee_id).where(Case.reference == a))
+        assert email in client.get(f"/cases?assignee={user_id}").text
+    # The same form again is refused as a repeat, not done twice.
+    again = client.post(
+        "/cases/bulk",
+        data={**fields, "op": "assign", "assignee": "none", "refs": [a, b]},
+        follow_redirects=True,
+    )
+    assert "already submitted" in again.text
+    assert _refs(client.get("/cases?assignee=me").text) == [a, b]
+
+
+def test_bulk_close_as_spam_and_merge(client, factory):
+    a = make_case(factory, targets=("203.0.113.1/32",), waiting_hours=5)
+    b = make_case(factory, targets=("203.0.113.2/32",), waiting_hours=4)
+    c = make_case(factory, targets=("203.0.113.3/32",), waiting_hours=3)
+    d = make_case(factory, targets=("203.0.113.4/32",), waiting_hours=2)
+    signed_in(client, factory, "lead")
+    fields = form_fields(client.get("/cases").text, "/cases/bulk")
+    client.post("/cases/bulk", data={**fields, "op": "spam", "refs": [a]})
+    fields = form_fields(client.get("/cases").text, "/cases/bulk")
+    done = client.post(
+        "/cases/bulk", data={**fields, "op": "merge", "refs": [b, c, d]}, follow_redirects=True
+    )
+    assert f"Merged into {b}" in done.text
+    with factory() as db:
+        rows = {c.reference: c for c in db.scalars(select(Case))}
+        assert rows[a].status == CaseStatus.CLOSED and rows[a].resolution == Resolution.SPAM
+        assert rows[c].resolution == Resolution.MERGED and rows[c].merged_into_id == rows[b].id
+        assert sorted(t.network for t in rows[b].targets) == [
+            "203.0.113.2/32",
+            "203.0.113.3/32",
+            "203.0.113.4/32",
+        ]
+        assert (
+            db.scalar(select(Message.case_id).where(Message.subject == rows[d].subject).limit(1)) is not None
+        )
+        moved = db.scalars(select(Message.case_id)).all()
+        assert set(moved) == {rows[a].id, rows[b].id}
+    one = client.post(
+        "/cases/bulk",
+        data={**form_fields(client.get("/cases").text, "/cases/bulk"), "op": "merge", "refs": [b]},
+        follow_redirects=True,
+    )
+    assert "two or more" in one.text
+
+
+def test_requester_domains_and_counts_service(factory):
+    make_case(factory, email="a@isp.example")
+    make_case(factory, email="b@isp.example", targets=("198.51.100.1/32",))
+    with unit_of_work(factory) as db:
+        assert queue.requester_domains(db) == ["isp.example"]
+        assert queue.status_counts(db)["new"] == 2
+
+
+def test_queue_page_escapes_hostile_subjects(client, factory):
+    make_case(factory, subject='<script>alert(1)</script><img src=x onerror="alert(2)">', name="<b>Eve</b>")
+    make_user(factory, "x@example.test", "analyst")
+    signed_in(client, factory, "auditor")
+    html = client.get("/cases").text
+    assert "<script>alert(1)" not in html and "<img src=x" not in html and "<b>Eve</b>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "Apply" not in html  # no bulk actions for an auditor
+    assert csrf_from(html)
