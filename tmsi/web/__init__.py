@@ -16,3 +16,6 @@ def register_web(app: Flask) -> None:
     app.register_blueprint(ui.bp)
     app.register_blueprint(api_cases.bp)
     extensions.csrf.exempt(api_cases.bp)
+    from tmsi.web import ops  # /readyz, /metrics, request ids (operations)
+
+    app.register_blueprint(ops.bp)
