@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from tests.services.knot import soa_header
-from tmsi.adapters.resolver import DnsResolver, ErrorKind, resolve
+from tmsi.adapters.resolver import DnsResolver, ErrorKind, ZoneFileResolver, resolve
 from tmsi.db import unit_of_work, utcnow
 from tmsi.domain.networks import network_keys
 from tmsi.models import AuditEvent, Case, CaseStatus, CaseTarget, CheckResult, DnsCheck, TargetStatus
@@ -267,3 +267,35 @@ def test_dynamic_update_is_picked_up_by_reverification(parent, factory, settings
         assert checks[1].evidence["queries"][1]["answers"][0]["value"] == "192.0.2.30"
         actions = session.scalars(select(AuditEvent.action).where(AuditEvent.case_id == case_id)).all()
         assert actions.count("case.status") == 2  # new -> verifying -> ready_for_decision
+
+
+def test_in_flight_bound_and_rate_limit_hold(parent, dead_dns):
+    import time
+
+    questions = [(f"{i}.2.0.192.in-addr.arpa", "PTR") for i in range(50)]
+    bounded = DnsResolver([dead_dns.nameserver], timeout=0.2, retries=0, max_in_flight=10)
+    before = dead_dns.received
+    started = time.monotonic()
+    answers = bounded.resolve_many(questions)
+    elapsed = time.monotonic() - started
+    assert all(a.error == ErrorKind.TIMEOUT for a in answers)
+    assert elapsed >= 0.9  # 5 waves of 10: never more than 10 waiting at once
+    assert dead_dns.received - before == 50
+    slow = DnsResolver([parent.nameserver], timeout=1.0, retries=0, rate_limit=200)
+    started = time.monotonic()
+    answers = slow.resolve_many(questions * 4)  # 200 questions at 200/s (burst 10)
+    assert time.monotonic() - started >= 0.9
+    assert sum(1 for a in answers if a.ok) == 200
+
+
+def test_zone_file_resolver_answers_like_the_server(tmp_path, parent):
+    path = tmp_path / "2.0.192.in-addr.arpa.zone"
+    path.write_text(_parent_zone())
+    fwd = tmp_path / "isp.example.zone"
+    fwd.write_text(_isp_zone())
+    offline = ZoneFileResolver([path, fwd])
+    live = engine(parent.nameserver)
+    for address in ("192.0.2.7", "192.0.2.8", "192.0.2.10", "192.0.2.12", "192.0.2.20"):
+        a, b = verify.check_address(offline, address), verify.check_address(live, address)
+        assert (a.result, a.headline, a.ptr_names) == (b.result, b.headline, b.ptr_names)
+    assert verify.check_address(offline, "203.0.113.9").result == CheckResult.UNVERIFIABLE  # zone not loaded
