@@ -529,6 +529,80 @@ def as_address(address: str | IPAddress) -> IPAddress:
         return parse_address(address)
 
 
+class _Words(NamedTuple):
+    """What the words of a name say, apart from the address: computed once per name skeleton."""
+
+    static: tuple[_Hit, ...]
+    dynamic: tuple[_Hit, ...]  # in the host part
+    domain_dynamic: tuple[_Hit, ...]  # in the registered domain: count only with the address embedded
+    server: tuple[_Hit, ...]
+    generated: tuple[tuple[int, int], ...]  # label spans of generated ids and placeholders
+    dynamic_scheme: bool
+    notes: tuple[str, ...]  # reasons about schemes, placeholders and ignored words
+    id_digits: int  # longest digit run left in the host part
+
+
+_NOT_DOT = re.compile(r"[^.]")
+
+
+@lru_cache(maxsize=32768)
+def _words(skeleton: str, domain: str, rules: Rules) -> _Words:
+    """Tokens and schemes of a name whose embedded address is blanked out (its *skeleton*).
+
+    Cached: the names of one ISP's range share a handful of skeletons (c-   -  -   -  .hsd1...).
+    """
+    host_len = len(skeleton) - len(domain) - 1
+    host = skeleton[: max(host_len, 0)]
+    domain_first_label = skeleton.count(".") + 1 - domain.count(".")
+    notes: list[str] = []
+    generated: list[tuple[int, int]] = []
+    dynamic_scheme = False
+    if host and rules.any_scheme.search(host):
+        for scheme in rules.schemes:
+            m = scheme.pattern.search(host)
+            if m:
+                notes.append(
+                    f"{scheme.verdict.value} naming scheme: {scheme.name} ({m.group().strip(' .-')})"
+                )
+                if scheme.verdict is NameVerdict.DYNAMIC:
+                    dynamic_scheme = True
+                else:
+                    generated.append(_label_span(skeleton, m.start(), m.end()))
+    static: list[_Hit] = []
+    dynamic: list[_Hit] = []
+    domain_dynamic: list[_Hit] = []
+    server: list[_Hit] = []
+    for number, label in enumerate(skeleton.split("."), start=1):
+        in_domain = number >= domain_first_label
+        for token, how in _label_tokens(label, rules):
+            hit = _Hit(token, number, how, in_domain)
+            if in_domain:
+                if token.kind == "dynamic":
+                    domain_dynamic.append(hit)
+                elif token.kind == "static":
+                    notes.append(f"{_describe(hit)} ignored: a static claim must be in the host part")
+            elif token.kind == "dynamic":
+                dynamic.append(hit)
+            elif token.kind == "static":
+                static.append(hit)
+            elif token.kind == "server":
+                server.append(hit)
+            else:
+                notes.append(f"{_describe(hit)}: a placeholder, not a host name")
+                generated.append((number, number))
+    id_digits = max(map(len, _DIGITS.findall(host)), default=0)
+    return _Words(
+        tuple(static),
+        tuple(dynamic),
+        tuple(domain_dynamic),
+        tuple(server),
+        tuple(generated),
+        dynamic_scheme,
+        tuple(notes),
+        id_digits,
+    )
+
+
 def classify(address: str | IPAddress, ptr_name: str, rules: Rules | None = None) -> Classification:
     """Judge one PTR name of ``address``. Raises NetworkError only for a bad *address*; never for the name."""
     addr = as_address(address)
@@ -538,108 +612,51 @@ def classify(address: str | IPAddress, ptr_name: str, rules: Rules | None = None
     name, problem = _normalise(ptr_name)
     if problem:
         return _invalid(problem)
-    labels = name.split(".")
-    domain = _registered_domain(".".join(labels[-3:]))
-    host_len = len(name) - len(domain) - 1  # the host part: the name without its registered domain
-    domain_first_label = len(labels) - domain.count(".")
+    domain = _registered_domain(".".join(name.rsplit(".", 3)[-3:]))
 
-    reasons: list[str] = []
-
-    # where the address (or something generated) sits in the name
+    # where the address sits in the name; the skeleton is the name with it blanked out (dots kept)
     if isinstance(addr, ipaddress.IPv4Address):
         embeddings = _v4_embeddings(name, addr.packed, rules)
     else:
         embeddings = _v6_embeddings(name, addr)
-    full = [e for e in embeddings if e.full]
-    partial = [e for e in embeddings if not e.full]
+    reasons = [
+        f"address embedded {e.form}: {name[e.start : e.end]} in {_labels_text(name, e.start, e.end)}"
+        for e in embeddings
+    ]
+    skeleton = name
     for e in embeddings:
-        reasons.append(
-            f"address embedded {e.form}: {name[e.start : e.end]} in {_labels_text(name, e.start, e.end)}"
-        )
+        skeleton = skeleton[: e.start] + _NOT_DOT.sub(" ", skeleton[e.start : e.end]) + skeleton[e.end :]
+    words = _words(skeleton, domain, rules)
+    reasons += words.notes
 
-    masked = name
-    for e in embeddings:
-        masked = masked[: e.start] + " " * (e.end - e.start) + masked[e.end :]
-
-    host = masked[: max(host_len, 0)]
-    schemes_dynamic: list[str] = []
-    generated: list[tuple[int, int]] = []  # label spans of generated ids (count like an embedding)
-    if host_len > 0 and rules.any_scheme.search(host):
-        for scheme in rules.schemes:
-            m = scheme.pattern.search(host)
-            if m:
-                span = _label_span(name, m.start(), m.end())
-                reasons.append(
-                    f"{scheme.verdict.value} naming scheme: {scheme.name} ({m.group().strip('.-')})"
-                )
-                if scheme.verdict is NameVerdict.DYNAMIC:
-                    schemes_dynamic.append(scheme.name)
-                else:
-                    generated.append(span)
-
-    isp_verdicts: list[IspPattern] = []
+    isp_static = isp_dynamic = isp_generic = False
     for rule in rules.isp.get(domain, ()):
         if rule.pattern.search(name):
-            isp_verdicts.append(rule)
             reasons.append(f"ISP pattern for {domain}: {rule.reason} ({rule.verdict.value})")
+            isp_static |= rule.verdict is NameVerdict.STATIC
+            isp_dynamic |= rule.verdict is NameVerdict.DYNAMIC
+            isp_generic |= rule.verdict is NameVerdict.GENERIC
 
-    # tokens, label by label on the masked name (the embedded address is blanked out)
-    hits: list[_Hit] = []
-    for number, label in enumerate(masked.split("."), start=1):
-        in_domain = number >= domain_first_label
-        for token, how in _label_tokens(label, rules):
-            hits.append(_Hit(token, number, how, in_domain))
+    embedded = bool(embeddings or words.generated or isp_generic)
+    dynamic_hits = words.dynamic + words.domain_dynamic if embedded else words.dynamic
+    reasons += [_describe(h) for h in words.static]
+    reasons += [_describe(h) for h in dynamic_hits]
+    strong = any(h.token.weight >= rules.strong_dynamic_weight for h in dynamic_hits)
 
-    static_hits: list[_Hit] = []
-    dynamic_hits: list[_Hit] = []
-    server_hits: list[_Hit] = []
-    domain_dynamic: list[_Hit] = []
-    ignored: list[_Hit] = []
-    for h in hits:
-        kind = h.token.kind
-        if h.in_domain:
-            if kind == "dynamic":
-                domain_dynamic.append(h)
-            elif kind == "static":
-                ignored.append(h)
-        elif kind == "dynamic":
-            dynamic_hits.append(h)
-        elif kind == "static":
-            static_hits.append(h)
-        elif kind == "server":
-            server_hits.append(h)
-        else:
-            reasons.append(f"{_describe(h)}: a placeholder, not a host name")
-            generated.append((h.label, h.label))
-    embedded = bool(full or partial or generated)
-    if embedded:
-        # with the address in the name, dynamic words of the ISP's domain count too (203-0-113-7.cable-isp)
-        dynamic_hits += domain_dynamic
-    for h in static_hits + dynamic_hits:
-        reasons.append(_describe(h))
-    for h in ignored:
-        reasons.append(f"{_describe(h)} ignored: a static claim must be in the host part")
-
-    strong = [h for h in dynamic_hits if h.token.weight >= rules.strong_dynamic_weight]
-    isp_dynamic = [r for r in isp_verdicts if r.verdict is NameVerdict.DYNAMIC]
-    isp_static = [r for r in isp_verdicts if r.verdict is NameVerdict.STATIC]
-    isp_generic = [r for r in isp_verdicts if r.verdict is NameVerdict.GENERIC]
-    dynamic_weight = sum(h.token.weight for h in dynamic_hits)
-
-    if strong or schemes_dynamic or isp_dynamic:
-        if static_hits or isp_static:
+    if strong or words.dynamic_scheme or isp_dynamic:
+        if words.static or isp_static:
             reasons.append("static token overridden: the name also says dynamic (ambiguous, so it fails)")
         return Classification(NameVerdict.DYNAMIC, reasons)
 
-    spans = [_label_span(name, e.start, e.end) for e in embeddings if not e.other] + generated
-    if static_hits or isp_static:
-        if isp_static or not (embedded or isp_generic):
+    if words.static or isp_static:
+        if isp_static or not embedded:
             return Classification(NameVerdict.STATIC, reasons)
-        if embeddings and all(e.other for e in embeddings) and not generated:
+        if all(e.other for e in embeddings) and not words.generated and not isp_generic:
             reasons.append("the static token describes a different address: it says nothing about this one")
             return Classification(NameVerdict.GENERIC, reasons)
-        adjacent = any(first - 1 <= h.label <= last + 1 for h in static_hits for first, last in spans)
-        static_weight = max(h.token.weight for h in static_hits)
+        spans = [_label_span(name, e.start, e.end) for e in embeddings if not e.other] + list(words.generated)
+        adjacent = any(first - 1 <= h.label <= last + 1 for h in words.static for first, last in spans)
+        static_weight = max(h.token.weight for h in words.static)
         heaviest_dynamic = max((h.token.weight for h in dynamic_hits), default=0)
         if adjacent or static_weight > heaviest_dynamic:
             if not adjacent:
@@ -649,21 +666,20 @@ def classify(address: str | IPAddress, ptr_name: str, rules: Rules | None = None
         return Classification(NameVerdict.DYNAMIC, reasons)
 
     if dynamic_hits:
-        if embedded or isp_generic:
+        if embedded:
             return Classification(NameVerdict.DYNAMIC, reasons)
-        digits = max((len(d) for d in _DIGITS.findall(host)), default=0)
+        dynamic_weight = sum(h.token.weight for h in dynamic_hits)
         if dynamic_weight >= rules.no_address_dynamic_weight:
             reasons.append(f"dynamic tokens weigh {dynamic_weight} without the address in the name")
             return Classification(NameVerdict.DYNAMIC, reasons)
-        if digits >= rules.no_address_id_digits and not server_hits:
+        if words.id_digits >= rules.no_address_id_digits and not words.server:
             reasons.append("dynamic token with a numeric line id")
             return Classification(NameVerdict.DYNAMIC, reasons)
-        for h in server_hits:
-            reasons.append(_describe(h))
+        reasons += [_describe(h) for h in words.server]
         reasons.append("a single weak dynamic token without the address: treated as a hand-made name")
         return Classification(NameVerdict.CUSTOM, reasons)
 
-    if embedded or isp_generic:
+    if embedded:
         reasons.append("nothing in the name says static")
         return Classification(NameVerdict.GENERIC, reasons)
 
