@@ -36,6 +36,8 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
             return None
+        if value.tzinfo is UTC:
+            return value
         if value.tzinfo is None:
             raise ValueError("naive datetime; use tmsi.db.utcnow()")
         return value.astimezone(UTC)

@@ -59,9 +59,17 @@ def address_key(address: IPAddress) -> bytes:
     return address.packed
 
 
+def first_last(network: IPNetwork) -> tuple[int, int]:
+    """First and last address as integers (cheaper than ipaddress's broadcast_address)."""
+    start = int(network.network_address)
+    return start, start | ((1 << (network.max_prefixlen - network.prefixlen)) - 1)
+
+
 def network_keys(network: IPNetwork) -> tuple[int, bytes, bytes]:
     """(version, start_key, end_key) of a network, as stored in the listings index."""
-    return network.version, network.network_address.packed, network.broadcast_address.packed
+    start, end = first_last(network)
+    nbytes = network.max_prefixlen // 8
+    return network.version, start.to_bytes(nbytes, "big"), end.to_bytes(nbytes, "big")
 
 
 def supernet_keys(network: IPNetwork) -> list[tuple[int, bytes]]:
