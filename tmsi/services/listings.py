@@ -306,7 +306,8 @@ def _bulk_insert_listings(session: Session, rows: list[dict[str, Any]]) -> None:
     conn = session.connection()
     dbapi: Any = conn.connection.dbapi_connection
     if conn.dialect.name == "sqlite":
-        sql = f"INSERT INTO listings ({', '.join(_COPY_COLUMNS)}) VALUES ({', '.join('?' * len(_COPY_COLUMNS))})"
+        marks = ", ".join("?" * len(_COPY_COLUMNS))
+        sql = f"INSERT INTO listings ({', '.join(_COPY_COLUMNS)}) VALUES ({marks})"
         dbapi.cursor().executemany(
             sql,
             [
