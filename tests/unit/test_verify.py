@@ -402,3 +402,25 @@ def test_parallel_workers_give_the_same_summary():
         r.address for r in single.results if not r.passes
     ]
     assert sum(r.passes for r in double.results) >= 1  # the passing example(s)
+
+
+def test_job_progress_is_visible_to_other_sessions_while_it_runs(factory, settings):
+    settings.dns_workers = 1
+    seen: list[tuple[RunStatus, int, int]] = []
+
+    class Watching(FakeResolver):
+        def resolve_many(self, queries):
+            with factory() as other:
+                run = other.scalars(select(VerificationRun)).one()
+                seen.append((run.status, run.done, run.total))
+            return super().resolve_many(queries)
+
+    with unit_of_work(factory) as session:
+        target_id = new_case(session, "198.51.96.0/19").targets[0].id
+    verify.job_verify_target(settings, factory, target_id, resolver=Watching(), delist=None)
+    assert seen[0] == (RunStatus.RUNNING, 0, 8192)
+    assert (RunStatus.RUNNING, 4096, 8192) in seen  # the first chunk's counters, committed mid-run
+    with unit_of_work(factory) as session:
+        run = session.scalars(select(VerificationRun)).one()
+        assert (run.status, run.done, run.failed) == (RunStatus.DONE, 8192, 8192)
+        assert run.summary["failing"][0]["ranges"] == ["198.51.96.0-198.51.127.255"]
