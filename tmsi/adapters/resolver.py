@@ -707,11 +707,7 @@ class _Batch:
                 continue
             task.answer.resolver = server.spec
             classify_reply(reply, task.answer)
-            if task.answer.error in (
-                ErrorKind.SERVFAIL,
-                ErrorKind.REFUSED,
-                ErrorKind.LAME,
-            ) and self._retry_elsewhere(task):
+            if task.answer.error in _ASK_ELSEWHERE and self._retry_elsewhere(task):
                 continue
             self._finish(task)
 
