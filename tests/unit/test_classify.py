@@ -234,6 +234,42 @@ def test_auto_reply_headers(header: str) -> None:
     assert not result.should_autoreply
 
 
+@pytest.mark.parametrize("header", ["Auto-Submitted: auto-generated", "Precedence: bulk"])
+def test_an_automated_request_is_a_case_without_acknowledgement(header: str) -> None:
+    raw = mail(header, "Automated report: please delist 203.0.113.7, the PTR is static now.")
+    parsed = parse_message(raw)
+    common = {"mailbox_address": MAILBOX, "authserv_ids": AUTHSERV, "own_domain": "example.test"}
+    result = classify_message(parsed, targets=extract_targets(parsed.extraction_text), **common)
+    assert result.kind == REQUEST
+    assert not result.should_autoreply
+    assert "no automatic reply: the request is auto-generated" in result.reasons
+
+
+def test_auto_generated_mail_without_a_listing_is_an_auto_reply() -> None:
+    raw = mail("Auto-Submitted: auto-generated", "Your password expires in 3 days.")
+    parsed = parse_message(raw)
+    common = {"mailbox_address": MAILBOX, "authserv_ids": AUTHSERV, "own_domain": "example.test"}
+    assert (
+        classify_message(parsed, targets=extract_targets(parsed.extraction_text), **common).kind == AUTO_REPLY
+    )
+
+
+def test_spam_flag_does_not_lose_a_delisting_request() -> None:
+    raw = mail("X-Spam-Flag: YES", "Please delist 203.0.113.7 from your blacklist.")
+    parsed = parse_message(raw)
+    common = {"mailbox_address": MAILBOX, "authserv_ids": AUTHSERV, "own_domain": "example.test"}
+    result = classify_message(parsed, targets=extract_targets(parsed.extraction_text), **common)
+    assert result.kind == REQUEST
+    assert not result.should_autoreply
+
+
+@pytest.mark.parametrize("local", ["postmaster", "hostmaster", "abuse"])
+def test_role_addresses_asking_for_a_delisting_get_an_acknowledgement(local: str) -> None:
+    result = classify(mail(f"From: {local}@isp.example"))
+    assert result.kind == REQUEST
+    assert result.should_autoreply
+
+
 def test_auto_submitted_no_is_a_person() -> None:
     assert classify(mail("Auto-Submitted: no")).kind == REQUEST
 

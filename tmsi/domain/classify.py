@@ -95,7 +95,9 @@ BOUNCE_SUBJECT = re.compile(
     "\u9000\u4fe1|\u672a\u9001\u9054|\u672a\u80fd\u6295\u9012",  # 退信 未送達 未能投递
     re.IGNORECASE,
 )
-SYSTEM_LOCALPARTS = frozenset({"mailer-daemon", "postmaster", "mail-daemon", "mailerdaemon"})
+DAEMON_LOCALPARTS = frozenset({"mailer-daemon", "mail-daemon", "mailerdaemon"})
+# postmaster@ sends bounces, but it is also a person's role address that may ask for a delisting.
+BOUNCE_LOCALPARTS = DAEMON_LOCALPARTS | {"postmaster"}
 NOREPLY_LOCALPART = re.compile(r"^(?:no[-_.]?reply|do[-_.]?not[-_.]?reply|bounces?)(?:[+-].*)?$", re.I)
 # Words that say a message is about a listing even when it names no address yet (ask for it then).
 REQUEST_WORDS = re.compile(
@@ -195,7 +197,9 @@ def _is_bounce(parsed: ParsedMessage) -> str | None:
     sender_local = parsed.from_addr.partition("@")[0].lower()
     null_sender = parsed.return_path == ""
     bounce_subject = bool(BOUNCE_SUBJECT.search(parsed.subject))
-    if sender_local in SYSTEM_LOCALPARTS and (bounce_subject or null_sender or not parsed.subject):
+    if sender_local in DAEMON_LOCALPARTS or (
+        sender_local in BOUNCE_LOCALPARTS and (bounce_subject or null_sender)
+    ):
         return f"from {parsed.from_addr or 'MAILER-DAEMON'}"
     if null_sender and bounce_subject:
         return "null sender and a bounce subject"
@@ -235,7 +239,9 @@ def classify_message(
     ticket = _ticket_system(parsed)
     result.ticket_system = ticket is not None
 
-    kind, why = _decide_kind(parsed, mailbox, own, ticket, thread_ref, sent_message_ids_known, targets)
+    kind, why, silent = _decide_kind(
+        parsed, mailbox, own, ticket, thread_ref, sent_message_ids_known, targets
+    )
     result.kind = kind
     reasons.extend(why)
     if kind == BOUNCE:
@@ -246,9 +252,32 @@ def classify_message(
     reasons.append(f"authentication: {auth_reason}")
 
     result.should_autoreply, why_not = _may_autoreply(parsed, kind, authentic, ticket, mailbox, own)
+    if silent and result.should_autoreply:
+        result.should_autoreply, why_not = False, silent
     if why_not:
         reasons.append(f"no automatic reply: {why_not}")
     return result
+
+
+def _threading(
+    parsed: ParsedMessage, own: str, thread_ref: str | None, sent_message_ids_known: bool
+) -> list[str]:
+    threaded = []
+    if thread_ref:
+        threaded.append(f"reference {thread_ref} in the subject")
+    ours = [m for m in [parsed.in_reply_to, *parsed.references] if m and own and m.endswith(f"@{own}>")]
+    if ours:
+        threaded.append(f"refers to our message {ours[0]}")
+    elif sent_message_ids_known:
+        threaded.append("In-Reply-To/References match a known message")
+    return threaded
+
+
+def _about_a_listing(parsed: ParsedMessage, targets: ExtractedTargets | None) -> bool:
+    """Names addresses (or masked ones) and uses listing vocabulary: worth a case whatever else it is."""
+    if targets is None or not (targets.networks or targets.masked):
+        return False
+    return bool(REQUEST_WORDS.search(parsed.extraction_text[:20000]))
 
 
 def _decide_kind(
@@ -259,25 +288,33 @@ def _decide_kind(
     thread_ref: str | None,
     sent_message_ids_known: bool,
     targets: ExtractedTargets | None,
-) -> tuple[str, list[str]]:
+) -> tuple[str, list[str], str | None]:
+    """(kind, reasons, why no acknowledgement may go out even if the kind would allow one)."""
     sender = parsed.from_addr.lower()
     if sender and (sender == mailbox or (own and _domain(sender) == own)):
-        return SPAM_OR_OTHER, [f"from our own address {sender} (mail loop or copy of our own mail)"]
+        return SPAM_OR_OTHER, [f"from our own address {sender} (mail loop or copy of our own mail)"], None
     bounce = _is_bounce(parsed)
     if bounce:
-        return BOUNCE, [bounce]
+        return BOUNCE, [bounce], None
     if parsed.content_type == "multipart/report":
         if parsed.report_type == "disposition-notification":
-            return AUTO_REPLY, ["read receipt (disposition-notification)"]
+            return AUTO_REPLY, ["read receipt (disposition-notification)"], None
         if parsed.report_type == "feedback-report":
-            return SPAM_OR_OTHER, ["abuse feedback report (ARF)"]
+            return SPAM_OR_OTHER, ["abuse feedback report (ARF)"], None
     list_header = _has_header(parsed, LIST_HEADERS[:4])
     precedence = (parsed.header("precedence") or parsed.header("x-precedence")).strip().lower()
     if list_header or precedence == "list":
-        return LIST, [f"mailing list ({list_header or 'Precedence: list'})"]
+        return LIST, [f"mailing list ({list_header or 'Precedence: list'})"], None
+    threaded = _threading(parsed, own, thread_ref, sent_message_ids_known)
     auto = _auto_reply_reasons(parsed)
     if auto:
-        return AUTO_REPLY, auto
+        generated_only = all(
+            r.startswith(("Auto-Submitted: auto-generated", "Precedence: bulk")) for r in auto
+        )
+        if generated_only and not threaded and not ticket and _about_a_listing(parsed, targets):
+            # An ISP's own tooling filing a request: a case, but never an acknowledgement (RFC 3834).
+            return REQUEST, [*auto, "automated request naming addresses"], "the request is auto-generated"
+        return AUTO_REPLY, auto, None
     head_of_body = parsed.text[:2000]
     if TICKET_ACK.search(parsed.subject) or (
         (ticket or TICKET_SUBJECT.search(parsed.subject)) and TICKET_ACK.search(head_of_body)
@@ -285,34 +322,31 @@ def _decide_kind(
         why = ["ticket-system acknowledgement"]
         if ticket:
             why.append(f"ticket system ({ticket})")
-        return AUTO_REPLY, why
+        return AUTO_REPLY, why, None
     if parsed.return_path == "":
-        return AUTO_REPLY, ["null sender (Return-Path: <>)"]
+        return AUTO_REPLY, ["null sender (Return-Path: <>)"], None
     if _has_header(parsed, ("list-unsubscribe",)):
-        return LIST, ["mailing list (List-Unsubscribe)"]
+        return LIST, ["mailing list (List-Unsubscribe)"], None
 
-    reasons = []
-    if ticket:
-        reasons.append(f"ticket system ({ticket})")
-    threaded = []
-    if thread_ref:
-        threaded.append(f"reference {thread_ref} in the subject")
-    ours = [m for m in [parsed.in_reply_to, *parsed.references] if m and own and m.endswith(f"@{own}>")]
-    if ours:
-        threaded.append(f"refers to our message {ours[0]}")
-    elif sent_message_ids_known:
-        threaded.append("In-Reply-To/References match a known message")
+    reasons = [f"ticket system ({ticket})"] if ticket else []
     if threaded:
-        return REPLY, reasons + threaded
+        return REPLY, reasons + threaded, None
 
     spam_flag = (parsed.header("x-spam-flag") or "").strip().lower()
     if spam_flag == "yes" or parsed.header("x-spam-status").strip().lower().startswith("yes"):
-        return SPAM_OR_OTHER, [*reasons, "marked as spam by our filter"]
+        if _about_a_listing(parsed, targets):
+            # A filter's false positive must not lose a delisting request; it just gets no reply.
+            return (
+                REQUEST,
+                [*reasons, "marked as spam by our filter, kept: it is about a listing"],
+                ("marked as spam by our filter"),
+            )
+        return SPAM_OR_OTHER, [*reasons, "marked as spam by our filter"], None
     if targets is not None and not targets.networks and not targets.masked:
         if not REQUEST_WORDS.search(parsed.extraction_text[:20000]):
-            return SPAM_OR_OTHER, [*reasons, "names no address and does not mention a listing"]
+            return SPAM_OR_OTHER, [*reasons, "names no address and does not mention a listing"], None
         reasons.append("names no address; the requester must be asked for it")
-    return REQUEST, reasons
+    return REQUEST, reasons, None
 
 
 def _may_autoreply(
@@ -328,7 +362,7 @@ def _may_autoreply(
     if authentic is False:
         return False, "DMARC failed: the sender address is forged"
     local = sender.partition("@")[0]
-    if NOREPLY_LOCALPART.match(local) or local.lower() in SYSTEM_LOCALPARTS:
+    if NOREPLY_LOCALPART.match(local) or local.lower() in DAEMON_LOCALPARTS:
         return False, f"{sender} does not take replies"
     reply_to = parsed.reply_to.lower()
     if reply_to and (reply_to == mailbox or (own and _domain(reply_to) == own)):
