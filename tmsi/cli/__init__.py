@@ -6,7 +6,7 @@ from typing import Any
 
 from flask.cli import FlaskGroup
 
-from tmsi.cli import authority, db, listings, mail, run, users
+from tmsi.cli import authority, db, listings, mail, rdns, run, users
 
 
 def _create_app() -> Any:
@@ -24,6 +24,7 @@ main = FlaskGroup(
 main.add_command(db.db)
 main.add_command(listings.listings)
 main.add_command(mail.mail)
+main.add_command(rdns.rdns)
 main.add_command(authority.authority)
 # our `run` (web + worker + scheduler) replaces Flask's development-server `run` on purpose
 main.add_command(run.run)
