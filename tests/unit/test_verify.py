@@ -424,3 +424,5 @@ def test_job_progress_is_visible_to_other_sessions_while_it_runs(factory, settin
         run = session.scalars(select(VerificationRun)).one()
         assert (run.status, run.done, run.failed) == (RunStatus.DONE, 8192, 8192)
         assert run.summary["failing"][0]["ranges"] == ["198.51.96.0-198.51.127.255"]
+        status = verify.run_status(run)
+        assert status["percent"] == 100.0 and status["summary"]["result"] == "fail"

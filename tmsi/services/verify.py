@@ -965,6 +965,34 @@ class ProgressWriter:
         self.writes += 1
 
 
+def run_status(run: VerificationRun) -> dict[str, Any]:
+    """What the UI/API polls while a run goes (and shows after): progress counters and, when done, the
+    summary."""
+    percent = round(100.0 * run.done / run.total, 1) if run.total else (100.0 if run.finished_at else 0.0)
+    data: dict[str, Any] = {
+        "id": run.id,
+        "target_id": run.target_id,
+        "network": run.network,
+        "status": run.status.value,
+        "result": run.result.value,
+        "total": run.total,
+        "done": run.done,
+        "percent": percent,
+        "passed": run.passed,
+        "failed": run.failed,
+        "unverifiable": run.unverifiable,
+        "started_at": run.started_at.isoformat() if run.started_at else None,
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "trigger": run.trigger,
+        "requested_by": run.requested_by,
+    }
+    if run.status in (RunStatus.DONE, RunStatus.FAILED):
+        data["summary"] = {
+            k: v for k, v in (run.summary or {}).items() if k not in ("chunks", "passing_example")
+        }
+    return data
+
+
 def run_target_verification(
     factory: sessionmaker[Session],
     target_id: int,
