@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 YIELD_PER = 20_000
 WRITE_BUFFER = 1 << 20
 HOOK_TIMEOUT = 300.0
+CONFIRM_WAIT_SECONDS = 10.0
 
 
 @dataclass
@@ -266,7 +267,12 @@ def _claim(factory: sessionmaker[Session], settings: Settings, now: datetime, fo
 
 
 def run_pending_export(
-    settings: Settings, factory: sessionmaker[Session], *, force: bool = False, now: datetime | None = None
+    settings: Settings,
+    factory: sessionmaker[Session],
+    *,
+    force: bool = False,
+    now: datetime | None = None,
+    confirm_wait: float = CONFIRM_WAIT_SECONDS,
 ) -> dict[str, Any]:
     """The export job: once the oldest pending request is ``export_debounce_seconds`` old (or ``force``),
     write the zone, run the hook, and link the delistings it carries to the run."""
@@ -296,9 +302,20 @@ def run_pending_export(
         log.error("%s", exc)
         error = str(exc)
     _finish(factory, run_id, result, carried, settings, error=error)
-    summary = {"exported": True, "run_id": run_id, "delistings": len(carried), **result.as_dict()}
+    summary: dict[str, Any] = {
+        "exported": True,
+        "run_id": run_id,
+        "delistings": len(carried),
+        **result.as_dict(),
+    }
     if error:
         summary["error"] = error
+    if carried:
+        # Close the loop at once while the servers reload; the periodic check takes over after this.
+        from tmsi.services.propagation import wait_for_propagation
+
+        wait = confirm_wait if settings.dnsbl_nameservers else 0.0
+        summary["propagation"] = wait_for_propagation(settings, factory, timeout=wait)
     return summary
 
 
