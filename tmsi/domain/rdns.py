@@ -316,6 +316,7 @@ def _labels_text(name: str, start: int, end: int) -> str:
 
 
 _CHAIN = re.compile(r"\d+(?:[-._]\d+)+")
+_LONG_NUMBER = re.compile(r"\d{7}")
 _SEPARATOR = re.compile(r"[-._]")
 _SEPARATOR_NAMES = {".": "dotted", "-": "dashed", "_": "underscored"}
 
@@ -368,18 +369,20 @@ def _v4_embeddings(name: str, packed: bytes, rules: Rules) -> list[_Embedding]:
                 other = _Embedding(offsets[i], end, f"as another address ({shown})", True, True)
     if ours:
         return ours
-    padded = "".join(f"{o:03d}" for o in octets)
-    for text, form in (
-        (padded, "zero-padded without separators"),
-        ("".join(f"{o:03d}" for o in backwards), "reversed zero-padded without separators"),
-        (str(int.from_bytes(packed, "big")), "decimal"),
-    ):
-        start = _find_number(name, text)
-        if start >= 0:
-            return [_Embedding(start, start + len(text), form, True)]
+    if _LONG_NUMBER.search(name):
+        for text, form in (
+            ("".join(f"{o:03d}" for o in octets), "zero-padded without separators"),
+            ("".join(f"{o:03d}" for o in backwards), "reversed zero-padded without separators"),
+            (str(int.from_bytes(packed, "big")), "decimal"),
+        ):
+            start = _find_number(name, text)
+            if start >= 0:
+                return [_Embedding(start, start + len(text), form, True)]
     for raw, reverse in ((packed, ""), (packed[::-1], "reversed ")):
-        for sep, sep_name in (("", ""), ("-", " dashed"), (".", " dotted")):
-            hex_text = raw.hex(sep) if sep else raw.hex()
+        plain = raw.hex()
+        if plain[:2] not in name:
+            continue
+        for hex_text, sep_name in ((plain, ""), (raw.hex("-"), " dashed"), (raw.hex("."), " dotted")):
             start = name.find(hex_text)
             if start >= 0:
                 return [_Embedding(start, start + len(hex_text), f"{reverse}hex{sep_name}", True)]
@@ -540,6 +543,7 @@ class _Words(NamedTuple):
     dynamic_scheme: bool
     notes: tuple[str, ...]  # reasons about schemes, placeholders and ignored words
     id_digits: int  # longest digit run left in the host part
+    described: dict[_Hit, str]  # the reason text of each hit
 
 
 _NOT_DOT = re.compile(r"[^.]")
@@ -591,6 +595,7 @@ def _words(skeleton: str, domain: str, rules: Rules) -> _Words:
                 notes.append(f"{_describe(hit)}: a placeholder, not a host name")
                 generated.append((number, number))
     id_digits = max(map(len, _DIGITS.findall(host)), default=0)
+    described = {hit: _describe(hit) for hit in static + dynamic + domain_dynamic + server}
     return _Words(
         tuple(static),
         tuple(dynamic),
@@ -600,6 +605,7 @@ def _words(skeleton: str, domain: str, rules: Rules) -> _Words:
         dynamic_scheme,
         tuple(notes),
         id_digits,
+        described,
     )
 
 
@@ -639,8 +645,8 @@ def classify(address: str | IPAddress, ptr_name: str, rules: Rules | None = None
 
     embedded = bool(embeddings or words.generated or isp_generic)
     dynamic_hits = words.dynamic + words.domain_dynamic if embedded else words.dynamic
-    reasons += [_describe(h) for h in words.static]
-    reasons += [_describe(h) for h in dynamic_hits]
+    reasons += [words.described[h] for h in words.static]
+    reasons += [words.described[h] for h in dynamic_hits]
     strong = any(h.token.weight >= rules.strong_dynamic_weight for h in dynamic_hits)
 
     if strong or words.dynamic_scheme or isp_dynamic:
@@ -675,7 +681,7 @@ def classify(address: str | IPAddress, ptr_name: str, rules: Rules | None = None
         if words.id_digits >= rules.no_address_id_digits and not words.server:
             reasons.append("dynamic token with a numeric line id")
             return Classification(NameVerdict.DYNAMIC, reasons)
-        reasons += [_describe(h) for h in words.server]
+        reasons += [words.described[h] for h in words.server]
         reasons.append("a single weak dynamic token without the address: treated as a hand-made name")
         return Classification(NameVerdict.CUSTOM, reasons)
 
