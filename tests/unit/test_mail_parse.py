@@ -430,3 +430,46 @@ def test_long_runs_of_plain_lines_in_a_7bit_part_are_kept_verbatim() -> None:
     parsed = parse_message(raw)
     assert parsed.text.startswith(hashlib.sha256(b"0").hexdigest())
     assert parsed.text.rstrip().endswith("203.0.113.77")
+
+
+# --- robustness ---------------------------------------------------------------------------------------
+
+MUTATIONS = [
+    b'Content-Type: multipart/mixed; boundary="',
+    b"--",
+    b"\r\n",
+    b"=?utf-8?b?",
+    b"?=",
+    b"(",
+    b"<",
+    b";",
+    b"\xff\xfe",
+    b"Content-Transfer-Encoding: base64\r\n",
+    b"message/rfc822",
+    b"filename*=''",
+    b"\x00",
+]
+
+
+def test_mutated_fixtures_raise_only_mail_parse_error() -> None:
+    import random
+
+    rng = random.Random(20260512)
+    fixtures = [p.read_bytes() for p in sorted(FIXTURES.glob("*.eml"))]
+    for _ in range(400):
+        data = bytearray(rng.choice(fixtures))
+        for _ in range(rng.randint(1, 8)):
+            pos = rng.randrange(len(data) + 1)
+            roll = rng.random()
+            if roll < 0.4:
+                data[pos:pos] = rng.choice(MUTATIONS)
+            elif roll < 0.7:
+                del data[pos : pos + rng.randint(1, 20)]
+            else:
+                data[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 5)))
+        try:
+            parsed = parse_message(bytes(data))
+        except MailParseError:
+            continue
+        assert isinstance(parsed.text, str)
+        assert len(dedupe_key(parsed)) <= 255

@@ -268,7 +268,7 @@ def decode_header_value(value: str, fallback_charset: str | None = None) -> str:
     before decoding, since CJK mailers split characters across them) and raw 8-bit bytes."""
     value = FOLDING.sub(" ", value).strip()
     if any("\udc80" <= ch <= "\udcff" for ch in value):
-        raw = value.encode("ascii", "surrogateescape")
+        raw = value.encode("utf-8", "surrogateescape")
         value = decode_bytes(raw, fallback_charset)[0]
     if "=?" not in value:
         return value
@@ -345,7 +345,7 @@ def _addresses(values: list[str], charset: str | None) -> list[tuple[str, str]]:
     for name, addr in pairs:
         addr = addr.strip().strip("<>").strip()
         if any("\udc80" <= ch <= "\udcff" for ch in addr):
-            addr = decode_bytes(addr.encode("ascii", "surrogateescape"), charset)[0]
+            addr = decode_bytes(addr.encode("utf-8", "surrogateescape"), charset)[0]
         if not addr and not name:
             continue
         result.append((decode_header_value(name, charset).strip().strip('"').strip(), addr.lower()))
@@ -492,7 +492,7 @@ def _elided_chunks(payload: str, source: bytes, spans: list[tuple[int, int]]) ->
             for offset in range(start, end, 1 << 20):
                 chunks.append(view[offset : min(end, offset + (1 << 20))])
         elif piece:
-            chunks.append(piece.encode("ascii", "surrogateescape"))
+            chunks.append(piece.encode("utf-8", "surrogateescape"))
     return chunks
 
 
@@ -533,7 +533,7 @@ def _payload_bytes(part: Message) -> bytes:
         return payload
     raw = part.get_payload()
     if isinstance(raw, str):
-        return raw.encode("ascii", "surrogateescape")
+        return raw.encode("utf-8", "surrogateescape")
     return b""
 
 
@@ -576,7 +576,7 @@ def _walk_broken_multipart(
         state.defects.append(f"declared MIME boundary not found; used {match.group(1)!r} from the body")
         head = f'Content-Type: multipart/mixed; boundary="{match.group(1)}"\r\n\r\n'
         repaired = BytesParser(policy=policy.default).parsebytes(
-            head.encode("ascii") + body.encode("ascii", "surrogateescape")
+            head.encode("ascii") + body.encode("utf-8", "surrogateescape")
         )
         if repaired.is_multipart():
             for sub in repaired.get_payload():
@@ -584,7 +584,7 @@ def _walk_broken_multipart(
                     _walk(sub, state, charset_hint, in_report, depth + 1)
             return
     state.defects.append("multipart without any boundary: body read as text")
-    state.text_parts.append(decode_bytes(body.encode("ascii", "surrogateescape"), charset_hint)[0])
+    state.text_parts.append(decode_bytes(body.encode("utf-8", "surrogateescape"), charset_hint)[0])
 
 
 def _walk(message: Message, state: _Walk, charset_hint: str | None, in_report: bool, depth: int) -> None:
