@@ -111,6 +111,12 @@ def test_embedding_forms_are_named_in_the_reasons(address: str, ptr: str, form: 
     assert not result.passes
 
 
+def test_ipv4_mapped_ipv6_address_is_looked_for_in_its_ipv4_forms() -> None:
+    result = classify("::ffff:203.0.113.7", "dsl-203-0-113-7.isp.example")
+    assert result.verdict is NameVerdict.DYNAMIC
+    assert result.reasons[0] == "address embedded dashed: 203-0-113-7 in label 1"
+
+
 def test_a_different_address_in_the_name_is_generic_even_next_to_static() -> None:
     result = classify("203.0.113.7", "static-198-51-100-9.isp.example")
     assert result.verdict is NameVerdict.GENERIC

@@ -110,7 +110,7 @@ class Rules:
     isp: Mapping[str, tuple[IspPattern, ...]]
     strong_dynamic_weight: int = 10
     no_address_dynamic_weight: int = 8
-    no_address_id_digits: int = 2
+    no_address_id_digits: int = 1
     partial_min_digits: int = 3
     sources: tuple[str, ...] = ()
 
@@ -193,7 +193,7 @@ def load_rules(extra_path: str | None = None) -> Rules:
         "decision": {
             "strong_dynamic_weight": 10,
             "no_address_dynamic_weight": 8,
-            "no_address_id_digits": 2,
+            "no_address_id_digits": 1,
             "partial_min_digits": 3,
         },
         "short": set(),
@@ -301,7 +301,6 @@ class _Embedding(NamedTuple):
     start: int
     end: int
     form: str
-    full: bool  # the whole address, not a partial one
     other: bool = False  # an address, but not this one
 
 
@@ -362,11 +361,11 @@ def _v4_embeddings(name: str, packed: bytes, rules: Rules) -> list[_Embedding]:
                 form = _window_form(name, offsets, parts, i, 4)
                 if window != octets:
                     form = f"reversed {form}"
-                ours.append(_Embedding(offsets[i], offsets[i + 3] + len(parts[i + 3]), form, True))
+                ours.append(_Embedding(offsets[i], offsets[i + 3] + len(parts[i + 3]), form))
             elif other is None and max(window) <= 255:
                 shown = ".".join(str(v) for v in window)
                 end = offsets[i + 3] + len(parts[i + 3])
-                other = _Embedding(offsets[i], end, f"as another address ({shown})", True, True)
+                other = _Embedding(offsets[i], end, f"as another address ({shown})", other=True)
     if ours:
         return ours
     if _LONG_NUMBER.search(name):
@@ -377,7 +376,7 @@ def _v4_embeddings(name: str, packed: bytes, rules: Rules) -> list[_Embedding]:
         ):
             start = _find_number(name, text)
             if start >= 0:
-                return [_Embedding(start, start + len(text), form, True)]
+                return [_Embedding(start, start + len(text), form)]
     for raw, reverse in ((packed, ""), (packed[::-1], "reversed ")):
         plain = raw.hex()
         if plain[:2] not in name:
@@ -385,7 +384,7 @@ def _v4_embeddings(name: str, packed: bytes, rules: Rules) -> list[_Embedding]:
         for hex_text, sep_name in ((plain, ""), (raw.hex("-"), " dashed"), (raw.hex("."), " dotted")):
             start = name.find(hex_text)
             if start >= 0:
-                return [_Embedding(start, start + len(hex_text), f"{reverse}hex{sep_name}", True)]
+                return [_Embedding(start, start + len(hex_text), f"{reverse}hex{sep_name}")]
     if other is not None:
         return [other]
     for size, wanted in (
@@ -399,7 +398,7 @@ def _v4_embeddings(name: str, packed: bytes, rules: Rules) -> list[_Embedding]:
                 for target, which in wanted:
                     if window == target and sum(map(len, parts[i : i + size])) >= rules.partial_min_digits:
                         end = offsets[i + size - 1] + len(parts[i + size - 1])
-                        return [_Embedding(offsets[i], end, f"partially ({which})", False)]
+                        return [_Embedding(offsets[i], end, f"partially ({which})")]
     return []
 
 
@@ -432,7 +431,7 @@ def _v6_candidates(address: ipaddress.IPv6Address) -> list[tuple[str, str]]:
 _HEXCHARS = frozenset("0123456789abcdef")
 
 
-def _v6_embeddings(name: str, address: ipaddress.IPv6Address) -> list[_Embedding]:
+def _v6_embeddings(name: str, address: ipaddress.IPv6Address, rules: Rules) -> list[_Embedding]:
     for text, form in _v6_candidates(address):
         start = name.find(text)
         while start >= 0:
@@ -440,11 +439,11 @@ def _v6_embeddings(name: str, address: ipaddress.IPv6Address) -> list[_Embedding
             before = name[start - 1] if start else "."
             after = name[end] if end < len(name) else "."
             if before not in _HEXCHARS and after not in _HEXCHARS:
-                return [_Embedding(start, end, f"IPv6 {form}", True)]
+                return [_Embedding(start, end, f"IPv6 {form}")]
             start = name.find(text, start + 1)
     mapped = address.ipv4_mapped or address.sixtofour
     if mapped is not None:
-        return _v4_embeddings(name, mapped.packed, default_rules())
+        return _v4_embeddings(name, mapped.packed, rules)
     return []
 
 
@@ -624,7 +623,7 @@ def classify(address: str | IPAddress, ptr_name: str, rules: Rules | None = None
     if isinstance(addr, ipaddress.IPv4Address):
         embeddings = _v4_embeddings(name, addr.packed, rules)
     else:
-        embeddings = _v6_embeddings(name, addr)
+        embeddings = _v6_embeddings(name, addr, rules)
     reasons = [
         f"address embedded {e.form}: {name[e.start : e.end]} in {_labels_text(name, e.start, e.end)}"
         for e in embeddings
