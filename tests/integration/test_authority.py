@@ -570,3 +570,10 @@ def test_job_evaluates_the_latest_inbound_mail_and_commits(
         assert stored is not None and stored.authority_result == CheckResult.PASS
         assert stored.authority_evidence["message_sha256"]
     assert svc.job_evaluate_authority(conf, factory, 987654) == "missing"
+
+    with unit_of_work(factory) as session:
+        empty_id = make_case(session, "noc@noc.isp.example", "192.0.2.7").id
+    assert svc.job_evaluate_authority(conf, factory, empty_id) == "none"
+    with factory() as session:
+        empty = session.get(Case, empty_id)
+        assert empty is not None and empty.authority_result == CheckResult.NONE

@@ -864,11 +864,18 @@ def authority_summary(parsed: Any, settings: Settings) -> dict[str, Any]:
 
 
 def job_evaluate_authority(settings: Settings, factory: sessionmaker[Session], case_id: int) -> str:
-    """Scheduled/queued work: evaluate the authority of a case's latest inbound mail and commit."""
+    """Scheduled/queued work: evaluate the authority of a case's latest inbound mail and commit.
+
+    A case without any stored inbound mail (purged, or never had one) gets ``none`` rather than staying
+    pending, so the scheduler does not pick it up again and again."""
     with unit_of_work(factory) as session:
         case = session.get(Case, case_id)
         if case is None:
             return "missing"
+        if _latest_raw(session, case) is None:
+            case.authority_result = CheckResult.NONE
+            case.authority_evidence = {"result": "none", "reasons": ["no stored inbound message to evaluate"]}
+            return CheckResult.NONE.value
         result = evaluate_case_authority(
             session, case, None, settings, shared_dns(settings), HttpRdap.from_settings(settings)
         )
