@@ -123,6 +123,8 @@ class Settings(BaseSettings):
     dnsbl_nameservers: CommaList = Field(default_factory=list, description="host:port of our DNSBL servers")
     propagation_deadline_seconds: int = 900
     regression_interval_days: int = 30
+    public_lookup_rate_limit: str = Field("60 per minute", description="per client: /lookup and its API")
+    public_check_rate_limit: str = Field("6 per minute", description="per client: live rDNS checks")
 
     # --- web, workers -----------------------------------------------------------------------------
     redis_url: str = ""
