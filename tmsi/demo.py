@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 DEMO_EMAIL = "demo@example.test"
 DEMO_AUTHSERV_ID = "mx.dul.example.test"
-FIX_AFTER_SECONDS = 45.0
+FIX_AFTER_SECONDS = 30.0
 # The address the demo ISP fixes, and its names before and after.
 FIX_ADDRESS = "198.51.100.77"
 FIX_OLD_NAME = "dyn-198-51-100-77.pool.bluecable.example."
@@ -61,7 +61,7 @@ def demo_environment(instance_path: Path) -> dict[str, str]:
         "TMSI_AUTHSERV_IDS": DEMO_AUTHSERV_ID,
         "TMSI_RESOLVER_KIND": "zonefile",
         "TMSI_RESOLVER_ZONE_FILES": ",".join(str(zones / p.name) for p in sorted(_zone_sources())),
-        "TMSI_REVERIFY_SCHEDULE": "20s,30s,30s,1m,5m,15m,1h",
+        "TMSI_REVERIFY_SCHEDULE": "15s,20s,20s,30s,1m,5m,15m,1h",
         "TMSI_ZONE_DIR": str(base / "zone"),
         "TMSI_EXPORT_DEBOUNCE_SECONDS": "5",
         "TMSI_SMTP_HOST": "127.0.0.1",
@@ -194,7 +194,7 @@ def fix_demo_zone(settings: Settings) -> bool:
 
 
 def job_fix_demo_zone(settings: Settings, factory: sessionmaker[Session]) -> bool:
-    """Demo schedule: about 45 s after start, BlueCable corrects the rDNS of 198.51.100.77."""
+    """Demo schedule: about 30 s after start, BlueCable corrects the rDNS of 198.51.100.77."""
     if not settings.demo:
         return False
     state = _read_state(settings)
