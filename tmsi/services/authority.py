@@ -70,6 +70,7 @@ log = logging.getLogger(__name__)
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 
 PTR_SAMPLE = 4  # addresses looked up when verification has stored no PTR names for a target
+STORED_PTR_ROWS = 2048  # newest verification checks read per target
 REPLY_FOR_RESULT = {CheckResult.FAIL: "wrong_sender", CheckResult.PARTIAL: "wrong_sender"}
 
 
@@ -489,11 +490,13 @@ def lookup_ptr_names(network: str, resolver: AuthorityDns) -> PtrFacts:
 
 
 def target_ptr_facts(session: Session, target: CaseTarget, dns: AuthorityDns | None) -> PtrFacts:
-    """PTR names of a target as verification stored them (latest check per address), else looked up."""
+    """PTR names of a target as verification stored them (latest check per address, from the newest
+    ``STORED_PTR_ROWS`` checks: a /16 has 65,536 of them per run), else looked up."""
     rows = session.scalars(
         select(DnsCheck)
         .where(DnsCheck.target_id == target.id)
         .order_by(DnsCheck.checked_at.desc(), DnsCheck.id.desc())
+        .limit(STORED_PTR_ROWS)
     ).all()
     latest: dict[str, DnsCheck] = {}
     for row in rows:
