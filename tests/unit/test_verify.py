@@ -426,3 +426,29 @@ def test_job_progress_is_visible_to_other_sessions_while_it_runs(factory, settin
         assert run.summary["failing"][0]["ranges"] == ["198.51.96.0-198.51.127.255"]
         status = verify.run_status(run)
         assert status["percent"] == 100.0 and status["summary"]["result"] == "fail"
+
+
+def test_concurrent_workers_claim_disjoint_targets(factory, settings):
+    import threading
+
+    with unit_of_work(factory) as session:
+        case = new_case(session, *[f"192.0.2.{i}/32" for i in range(20)])
+        ids = {t.id for t in case.targets}
+    now = utcnow() + timedelta(seconds=1)
+    claims: dict[str, list[int]] = {}
+    barrier = threading.Barrier(3)
+
+    def worker(name: str) -> None:
+        barrier.wait()
+        claims[name] = verify.claim_due(factory, now, 8, name)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    claimed = [t for got in claims.values() for t in got]
+    assert len(claimed) == len(set(claimed)) == 20 and set(claimed) == ids
+    with unit_of_work(factory) as session:
+        holders = {t.id: t.claimed_by for t in session.scalars(select(CaseTarget))}
+    assert all(holders[t] == name for name, got in claims.items() for t in got)

@@ -871,24 +871,26 @@ def due_targets(session: Session, now: datetime, limit: int = 50) -> list[CaseTa
 def claim_due(factory: sessionmaker[Session], now: datetime, limit: int, holder: str) -> list[int]:
     """Claim due targets with a lease in one short transaction; returns the claimed target ids.
 
-    The claim is a conditional UPDATE (still unclaimed or lease expired), so even without row locks
-    (SQLite: one writer at a time) two workers can never both own a target.
+    One statement: ``UPDATE case_targets SET claimed_by, claimed_until WHERE id IN (due ids) AND
+    (unclaimed or lease expired) RETURNING id``. On PostgreSQL the inner SELECT takes its rows ``FOR UPDATE
+    SKIP LOCKED``, so concurrent workers get disjoint sets without waiting; on SQLite the statement takes
+    the write lock first, so workers simply run one after another. Either way a target has one owner.
     """
+    due_ids = due_query(now, limit).with_only_columns(CaseTarget.id)
     with unit_of_work(factory) as session:
-        claimed = []
-        for target in due_targets(session, now, limit):
-            result = session.execute(
-                update(CaseTarget)
-                .where(
-                    CaseTarget.id == target.id,
-                    or_(CaseTarget.claimed_until.is_(None), CaseTarget.claimed_until < now),
-                )
-                .values(claimed_by=holder, claimed_until=now + CLAIM_LEASE)
-                .execution_options(synchronize_session=False)
+        if session.get_bind().dialect.name == "postgresql":
+            due_ids = due_ids.with_for_update(skip_locked=True, of=CaseTarget)
+        stmt = (
+            update(CaseTarget)
+            .where(
+                CaseTarget.id.in_(due_ids.scalar_subquery()),
+                or_(CaseTarget.claimed_until.is_(None), CaseTarget.claimed_until < now),
             )
-            if result.rowcount == 1:  # type: ignore[attr-defined]
-                claimed.append(target.id)
-        return claimed
+            .values(claimed_by=holder, claimed_until=now + CLAIM_LEASE)
+            .returning(CaseTarget.id)
+            .execution_options(synchronize_session=False)
+        )
+        return sorted(session.scalars(stmt))
 
 
 def reverify_due(
