@@ -19,3 +19,6 @@ def register_web(app: Flask) -> None:
     from tmsi.web import ops  # /readyz, /metrics, request ids (operations)
 
     app.register_blueprint(ops.bp)
+    from tmsi.web import public  # /lookup, /api/v1/lookup: no sign-in, rate-limited (delisting)
+
+    app.register_blueprint(public.bp)
