@@ -473,3 +473,28 @@ def test_mutated_fixtures_raise_only_mail_parse_error() -> None:
             continue
         assert isinstance(parsed.text, str)
         assert len(dedupe_key(parsed)) <= 255
+
+
+def _alternative(plain: str, html: str) -> bytes:
+    return (
+        "From: noc@isp.example\r\nTo: dul@example.test\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/alternative; boundary="alt"\r\n\r\n'
+        f"--alt\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{plain}\r\n"
+        f"--alt\r\nContent-Type: text/html; charset=utf-8\r\n\r\n{html}\r\n--alt--\r\n"
+    ).encode()
+
+
+def test_html_twin_of_a_plain_part_is_not_read_twice() -> None:
+    parsed = parse_message(
+        _alternative(
+            "Please delist 203.0.113.7, the PTR is static now.",
+            "<p>Please delist <b>203.0.113.7</b>, static.</p>",
+        )
+    )
+    assert parsed.text == "Please delist 203.0.113.7, the PTR is static now."
+    assert parsed.html.startswith("<p>Please delist")
+
+
+def test_stub_plain_part_falls_back_to_the_html() -> None:
+    parsed = parse_message(_alternative("View in HTML.", "<p>Please delist <b>203.0.113.8</b></p>"))
+    assert "Please delist 203.0.113.8" in parsed.text

@@ -557,6 +557,7 @@ class _Walk:
     defects: list[str] = field(default_factory=list)
     delivery_status: list[dict[str, str]] = field(default_factory=list)
     returned_headers: list[tuple[str, str]] = field(default_factory=list)
+    skip_html_text: bool = False
     source: bytes = b""  # the message bytes the elided spans point into
     spans: list[tuple[int, int]] = field(default_factory=list)
 
@@ -621,9 +622,17 @@ def _walk(message: Message, state: _Walk, charset_hint: str | None, in_report: b
                         state.delivery_status.append({"original-envelope-id": envid})
             return
         if isinstance(payload, list):
+            alternative = ctype == "multipart/alternative"
+            start = len(state.text_parts)
             for sub in payload:
-                if isinstance(sub, Message):
-                    _walk(sub, state, charset_hint, sub_report, depth + 1)
+                if not isinstance(sub, Message):
+                    continue
+                # The HTML twin of a plain part already read: kept for display, not read twice as text
+                # (a stub plain part such as "view this mail in HTML" does not count).
+                twin = alternative and _safe_content_type(sub) == "text/html"
+                state.skip_html_text = twin and len("".join(state.text_parts[start:]).strip()) >= 40
+                _walk(sub, state, charset_hint, sub_report, depth + 1)
+                state.skip_html_text = False
         return
 
     if ctype.startswith("multipart/"):
@@ -673,7 +682,8 @@ def _walk(message: Message, state: _Walk, charset_hint: str | None, in_report: b
         html = decode_bytes(data, declared)[0]
         if not state.html:
             state.html = html
-        state.text_parts.append(html_to_text(html))
+        if not state.skip_html_text:
+            state.text_parts.append(html_to_text(html))
         return
     state.text_parts.append(decode_bytes(data, declared)[0])
 
