@@ -13,6 +13,7 @@ from tmsi.domain.networks import NetworkError
 from tmsi.domain.rdns import Rules, RulesError, as_address, classify_all, default_rules, load_rules
 
 _BATCH = 2000
+_encode = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode  # built once: dumps() rebuilds it
 
 
 @click.group("rdns")
@@ -41,14 +42,16 @@ def classify_lines(lines: Iterable[str], rules: Rules) -> Iterator[dict[str, Any
         except NetworkError as exc:
             yield {"line": number, "error": str(exc)}
             continue
+        if address.version == 6:  # IPv4 text that parses is already canonical (no leading zeros)
+            address_text = str(address)
         result = classify_all(address, ptr.split() or [""], rules)
-        yield {"ip": str(address), "ptr": ptr, "verdict": result.verdict.value, "reasons": result.reasons}
+        yield {"ip": address_text, "ptr": ptr, "verdict": result.verdict.value, "reasons": result.reasons}
 
 
 def _write(out: IO[str], results: Iterable[dict[str, Any]]) -> None:
     batch: list[str] = []
     for result in results:
-        batch.append(json.dumps(result, ensure_ascii=False))
+        batch.append(_encode(result))
         if len(batch) >= _BATCH:
             out.write("\n".join(batch) + "\n")
             batch.clear()
