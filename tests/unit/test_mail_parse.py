@@ -498,3 +498,22 @@ def test_html_twin_of_a_plain_part_is_not_read_twice() -> None:
 def test_stub_plain_part_falls_back_to_the_html() -> None:
     parsed = parse_message(_alternative("View in HTML.", "<p>Please delist <b>203.0.113.8</b></p>"))
     assert "Please delist 203.0.113.8" in parsed.text
+
+
+def test_raw_utf8_subject_in_a_gb2312_mail() -> None:
+    raw = (
+        "From: NOC <noc@isp.example>\r\nSubject: 申请解除 203.0.113.9\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=gb2312\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+    ).encode() + "您好".encode("gbk")
+    parsed = parse_message(raw)
+    assert parsed.subject == "申请解除 203.0.113.9"
+    assert parsed.text == "您好"
+
+
+def test_raw_gbk_subject_uses_the_body_charset_as_a_hint() -> None:
+    raw = (
+        b"From: NOC <noc@isp.example>\r\nSubject: "
+        + "申请解除封锁".encode("gbk")
+        + b"\r\nContent-Type: text/plain; charset=gbk\r\n\r\nhello\r\n"
+    )
+    assert parse_message(raw).subject == "申请解除封锁"

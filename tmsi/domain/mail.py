@@ -27,7 +27,8 @@ MAX_SCANNED_TEXT_BYTES = 2 * 1024 * 1024
 TEXT_ATTACHMENT_SUFFIXES = (".txt", ".csv", ".tsv", ".log", ".text", ".lst")
 TEXT_ATTACHMENT_TYPES = frozenset({"text/plain", "text/csv", "text/tab-separated-values", "text/x-csv"})
 
-# Headers a relay adds on each delivery; the rest of the message is what the sender wrote.
+# Sender-written headers that identify a message's content; relays add Received, Delivered-To,
+# Return-Path, X-Original-To, Authentication-Results ... on each delivery, so those stay out of the hash.
 STABLE_HEADERS = ("from", "sender", "to", "cc", "subject", "date", "message-id", "in-reply-to", "references")
 
 # Declared charsets mapped to the superset that real mailers actually mean by them.
@@ -269,7 +270,8 @@ def decode_header_value(value: str, fallback_charset: str | None = None) -> str:
     value = FOLDING.sub(" ", value).strip()
     if any("\udc80" <= ch <= "\udcff" for ch in value):
         raw = value.encode("utf-8", "surrogateescape")
-        value = decode_bytes(raw, fallback_charset)[0]
+        # Raw 8-bit headers are UTF-8 by RFC 6532 and in practice; the body charset is only a hint.
+        value = raw.decode("utf-8") if _valid_utf8(raw) else decode_bytes(raw, fallback_charset)[0]
     if "=?" not in value:
         return value
     out: list[str] = []
