@@ -16,9 +16,10 @@ def register_web(app: Flask) -> None:
     app.register_blueprint(ui.bp)
     app.register_blueprint(api_cases.bp)
     extensions.csrf.exempt(api_cases.bp)
-    from tmsi.web import ops  # /readyz, /metrics, request ids (operations)
+    from tmsi.web import dashboard, ops  # operations: /readyz, /metrics, request ids; leads' /dashboard
 
     app.register_blueprint(ops.bp)
+    app.register_blueprint(dashboard.bp)
     from tmsi.web import public  # /lookup, /api/v1/lookup: no sign-in, rate-limited (delisting)
 
     app.register_blueprint(public.bp)
