@@ -402,6 +402,12 @@ def test_mail_from_ourselves_is_never_a_request(sender: str) -> None:
     assert not result.should_autoreply
 
 
+def test_x_loop_naming_our_mailbox_is_an_auto_reply() -> None:
+    result = classify(mail("X-Loop: dul@example.test"))
+    assert result.kind == AUTO_REPLY
+    assert classify(mail("X-Loop: helpdesk@isp.example")).kind == REQUEST
+
+
 def test_reply_by_thread_reference() -> None:
     result = classify(mail("Subject: RE: AW: [tmsi-2026-000042] Delisting request"))
     assert result.kind == REPLY

@@ -293,6 +293,9 @@ def _decide_kind(
     sender = parsed.from_addr.lower()
     if sender and (sender == mailbox or (own and _domain(sender) == own)):
         return SPAM_OR_OTHER, [f"from our own address {sender} (mail loop or copy of our own mail)"], None
+    if mailbox and any(mailbox in value.lower() for value in parsed.header_all("x-loop")):
+        # An auto-responder or list that already processed mail from us: answering it closes a loop.
+        return AUTO_REPLY, [f"X-Loop names our mailbox {mailbox}"], None
     bounce = _is_bounce(parsed)
     if bounce:
         return BOUNCE, [bounce], None
