@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
 
 from tmsi.adapters.mailbox import Mailbox, MailboxError, batched, mailbox_from_settings
 from tmsi.config import Settings
@@ -91,7 +92,9 @@ def _clean(value: str | None, limit: int | None = None) -> str:
     if not value:
         return ""
     text = value.replace("\x00", "\ufffd")
-    if any("\ud800" <= ch <= "\udfff" for ch in text):
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates (undecodable bytes kept by the parser)
         text = text.encode("utf-8", "replace").decode("utf-8")
     return text[:limit] if limit is not None else text
 
@@ -215,7 +218,6 @@ def process_message(
     session.add(message)
     session.flush()
     _record_delivery(session, message, delivery, now)
-    session.flush()
 
     if parsed is None:
         _quarantine(message, f"cannot parse: {error}", parse_error=error, now=now)
@@ -362,22 +364,6 @@ def _process(
 
     if case is not None:
         result.case_reference = case.reference
-        audit.record(
-            session,
-            action="message.received",
-            case=case,
-            object_type="message",
-            object_id=message.id,
-            detail=_clean_json(
-                {
-                    "kind": kind.value,
-                    "message_id": message.message_id_header,
-                    "from": message.from_addr,
-                    "new_case": result.new_case,
-                    "targets": result.targets,
-                }
-            ),
-        )
     message.status = MessageStatus.PROCESSED
     message.processed_at = now
     message.explain = _clean_json(
@@ -397,7 +383,6 @@ def _process(
             **notes,
         }
     )
-    session.flush()
     log.info(
         "message %s %s: %s%s",
         message.id,
@@ -524,12 +509,12 @@ def _handle_human(
             now=now,
         )
         result.new_case = True
+        set_committed_value(case, "targets", [])  # a new case has none: spare the lazy load
         if verdict.kind == classify.REPLY:
             notes["thread_not_found"] = "looks like a reply, but no case matches; opened a new one"
     else:
         cases.reopen_on_message(session, case, now=now)
     _attach(message, case)
-    session.flush()
 
     added = add_targets(
         session, case, targets.networks, sources=targets.sources, oversized=targets.oversized, now=now
@@ -668,8 +653,6 @@ def add_targets(
             target.listing_links.append(TargetListing(listing_id=listing.id, relation=relation))
         case.targets.append(target)
         added.append(target)
-    if added:
-        session.flush()
     return added
 
 

@@ -6,13 +6,14 @@ template author can format data but not reach into the application.
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from importlib import resources
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, Template, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -89,10 +90,16 @@ def case_context(case: Case, settings: Settings, extra: dict[str, Any] | None = 
     }
 
 
+@functools.lru_cache(maxsize=64)
+def _compiled(source: str) -> Template:
+    # Compiling is most of the cost of a reply; the cache is keyed by the text, so an edit takes effect.
+    return _ENV.from_string(source)
+
+
 def render_text(subject_tpl: str, body_tpl: str, context: dict[str, Any]) -> Rendered:
     try:
-        subject = _ENV.from_string(subject_tpl).render(context)
-        body = _ENV.from_string(body_tpl).render(context)
+        subject = _compiled(subject_tpl).render(context)
+        body = _compiled(body_tpl).render(context)
     except TemplateError as exc:  # includes SecurityError and UndefinedError
         raise TemplateRenderError(f"template error: {exc}") from None
     return Rendered(subject=" ".join(subject.split()), body=body)
