@@ -9,7 +9,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tmsi.domain.extract import NON_TARGET_V4, NON_TARGET_V6, ExtractedTargets, extract_targets
+from tmsi.domain.extract import (
+    NON_TARGET_V4,
+    NON_TARGET_V6,
+    ExtractedTargets,
+    extract_targets,
+)
 
 ZONE = "dul.example.test"
 OWN = ["192.0.2.248/29", "3fff:fff::/48"]
@@ -374,6 +379,13 @@ def test_fullwidth_digits_and_defanged_dots() -> None:
         "192.0.2.8/32",
         "198.51.100.7/32",
         "203.0.113.99/32",
+    ]
+
+
+def test_ideographic_full_stops() -> None:
+    assert cidrs("IP\u662f203\u30020\u3002113\u30027\u3002198.51.100.1\u3002") == [
+        "198.51.100.1/32",
+        "203.0.113.7/32",
     ]
 
 

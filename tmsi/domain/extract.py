@@ -48,6 +48,7 @@ _NON_TARGETS: list[tuple[IPNetwork, str]] = [
 ]
 GLOBAL_V6 = ipaddress.IPv6Network("2000::/3")
 
+# Every reason an ``ignored`` entry can carry.
 IGNORE_REASONS = (
     "private",
     "shared",
@@ -90,10 +91,13 @@ ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"), Non
 DEFANG = re.compile(r"\s?(?:\[\.\]|\(\.\)|\{\.\}|\[dot\]|\(dot\))\s?", re.IGNORECASE)
 
 
+IDEOGRAPHIC_STOP_IN_NUMBER = re.compile("(?<=\\d)\u3002(?=\\d)")
+
+
 def normalize_text(text: str) -> str:
     """Fold full-width digits and punctuation, dashes and defanged dots to ASCII; drop zero-width chars."""
     text = unicodedata.normalize("NFKC", text).translate(DASHES).translate(ZERO_WIDTH)
-    text = text.replace("\u3002", ".")  # ideographic full stop between full-width digits
+    text = IDEOGRAPHIC_STOP_IN_NUMBER.sub(".", text)  # 203。0。113。7; a sentence's final 。 stays
     return DEFANG.sub(".", text)
 
 
