@@ -271,6 +271,9 @@ def test_settle_case_ready_when_everything_passes(session, settings):
     )
     assert verify.settle_case(session, case, settings, delist=None) == "ready"
     assert case.status == CaseStatus.READY_FOR_DECISION and case.verification_result == CheckResult.PASS
+    verify.verify_target(session, case.targets[0], FakeResolver(), settings=settings)  # the PTR went away
+    assert verify.settle_case(session, case, settings, delist=None) == "verifying"
+    assert case.status == CaseStatus.VERIFYING and case.verification_result == CheckResult.FAIL
 
 
 def test_settle_case_auto_delists_only_with_policy_and_authority(session, settings):

@@ -808,10 +808,11 @@ def settle_case(
             )
         return "ready"
     if any(t.next_check_at is not None for t in checked if t.status != TargetStatus.PASS):
-        if case.status == CaseStatus.NEW:
-            cases.transition(
-                session, case, CaseStatus.VERIFYING, actor=actor, reason="verification started", now=now
+        if case.status in (CaseStatus.NEW, CaseStatus.READY_FOR_DECISION):
+            reason = (
+                "verification started" if case.status == CaseStatus.NEW else "an address no longer passes"
             )
+            cases.transition(session, case, CaseStatus.VERIFYING, actor=actor, reason=reason, now=now)
         return "verifying"
     if case.status == CaseStatus.AWAITING_REQUESTER:
         return "unchanged"
