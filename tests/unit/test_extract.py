@@ -383,7 +383,7 @@ def test_fullwidth_digits_and_defanged_dots() -> None:
 
 
 def test_ideographic_full_stops() -> None:
-    assert cidrs("IP\u662f203\u30020\u3002113\u30027\u3002198.51.100.1\u3002") == [
+    assert cidrs("IP\u662f203\u30020\u3002113\u30027\u3002\u53e6198.51.100.1\u3002") == [
         "198.51.100.1/32",
         "203.0.113.7/32",
     ]
