@@ -297,7 +297,8 @@ def test_documentation_ranges_are_absent_from_the_non_target_table() -> None:
 def test_a_range_partly_in_our_own_network_keeps_the_rest() -> None:
     result = run("192.0.2.240/28")
     assert result.cidrs == ["192.0.2.240/29"]
-    assert ("192.0.2.240/28", "own network") in result.ignored
+    assert result.notes == [("192.0.2.240/28", "our own network 192.0.2.248/29 left out")]
+    assert result.ignored == []
 
 
 def test_a_large_range_over_reserved_space_keeps_only_public_parts() -> None:

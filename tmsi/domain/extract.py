@@ -291,18 +291,17 @@ class _Collector:
             self.ignore(written, reason)
             return
         pieces: list[IPNetwork] = [network]
-        own_overlaps = _overlapping(network, self.own)
-        if own_overlaps:
-            self.ignore(written, "own network")
-        for own in own_overlaps:
+        for own in _overlapping(network, self.own):
+            if _bounds(own)[1] <= _bounds(network)[1] and _bounds(network)[2] <= _bounds(own)[2]:
+                self.ignore(written, "own network")
+                return
+            self.note(written, f"our own network {own} left out")
             pieces = [q for p in pieces for q in exclude(p, own)]
         version, first, last = _bounds(network)
-        candidates = (
-            _V4_BY_OCTET[first >> 24] if version == 4 and network.prefixlen >= 8 else _NON_TARGET_BOUNDS
-        )
-        for r_version, r_first, r_last, reserved, _reason in candidates:
+        for r_version, r_first, r_last, reserved, reason in _non_target_candidates(network):
             # a large target partly over reserved space keeps the rest
             if r_version == version and r_first <= last and first <= r_last:
+                self.note(written, f"{reason} range {reserved} left out")
                 pieces = [q for p in pieces for q in exclude(p, reserved)]
         for piece in pieces:
             self.found.append((piece, written))
