@@ -190,15 +190,19 @@ def test_range_summary_groups_failures_into_ranges_and_reports_progress():
     assert {"address": "203.0.113.50", "reason": "could not check: forward look-up failed"} in rows
 
 
-def test_ipv6_prefix_is_sampled_not_enumerated():
+def test_ipv6_prefix_checks_named_addresses_or_a_stable_sample():
     fake = FakeResolver().host("2001:db8:1::25", "mail6.example.test")
-    summary = verify.verify_network(
+    named = verify.verify_network(
         fake, "2001:db8:1::/48", sample_v6=8, named_addresses=[ip("2001:db8:1::25"), ip("192.0.2.1")]
     )
-    assert summary.sampled and summary.checked == 9 and summary.passed == 1
-    assert "not enumerated" in summary.note and "1 address(es) named" in summary.note
+    assert named.sampled and named.checked == 1 and named.result == CheckResult.PASS
+    assert "not enumerated" in named.note and "1 address(es) the requester named" in named.note
+    sample = verify.verify_network(fake, "2001:db8:1::/48", sample_v6=8)
+    assert sample.checked == 8 and "sample of 8 (4 first addresses, 4 pseudo-random" in sample.note
+    assert [r.address for r in sample.results][:4] == [f"2001:db8:1::{i}" for i in range(1, 5)]
     again = verify.verify_network(fake, "2001:db8:1::/48", sample_v6=8)
-    assert [r.address for r in again.results] == [r.address for r in summary.results[1:]]  # same sample
+    assert [r.address for r in again.results] == [r.address for r in sample.results]  # the same sample
+    assert verify.verify_network(fake, "::/120", sample_v6=4).results[0].address == "::1"  # stays IPv6
 
 
 def test_duration_and_schedule(settings):

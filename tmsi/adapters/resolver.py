@@ -882,7 +882,8 @@ class ZoneFileResolver:
     def __init__(self, paths: Iterable[str | Path]) -> None:
         self.static = StaticDns(label="zonefile")
         for path in paths:
-            zone = dns.zone.from_file(str(path), relativize=False, check_origin=False)
+            guess = Path(path).name.removesuffix(".zone")  # used only when the file has no $ORIGIN
+            zone = dns.zone.from_file(str(path), origin=guess, relativize=False, check_origin=False)
             origin = zone.origin.to_text() if zone.origin else ""
             soa_ttl = 300
             for name, node in zone.nodes.items():

@@ -419,27 +419,33 @@ class RangeSummary:
 def addresses_to_check(
     network: IPNetwork, *, sample_v6: int, named_addresses: Iterable[IPAddress] = ()
 ) -> tuple[list[IPAddress], bool, str]:
-    """Which addresses a target means: all of an IPv4 network; for an IPv6 prefix the named addresses
-    inside it plus a sample (the first addresses and pseudo-random ones, seeded by the prefix so that a
-    re-check looks at the same addresses). Returns (addresses, sampled, note)."""
+    """Which addresses a target means: every address of an IPv4 network. An IPv6 prefix is never
+    enumerated: the addresses the requester named inside it, or, when none were named, a sample of
+    ``sample_v6`` (half the first addresses of the prefix, half pseudo-random ones seeded by the prefix,
+    so that a re-check looks at the same addresses). Returns (addresses, sampled, note)."""
     if network.version == 4 or network.num_addresses <= sample_v6:
         return list(network), False, ""
-    named = sorted({a for a in named_addresses if a in network}, key=int)
+    named = sorted({a for a in named_addresses if a.version == 6 and a in network}, key=int)
+    if named:
+        note = (
+            f"IPv6 prefix {network} is not enumerated: checked the {len(named)} address(es) the requester "
+            "named inside it"
+        )
+        return list(named), True, note
     first = max(1, sample_v6 // 2)
     base = int(network.network_address)
-    chosen = [ipaddress.ip_address(base + i) for i in range(1, first + 1)]
+    chosen = [ipaddress.IPv6Address(base + i) for i in range(1, first + 1)]
     rng = random.Random(str(network))
     while len(chosen) < sample_v6:
-        candidate = ipaddress.ip_address(base + rng.randrange(1, network.num_addresses))
+        candidate = ipaddress.IPv6Address(base + rng.randrange(1, network.num_addresses))
         if candidate not in chosen:
             chosen.append(candidate)
-    addresses = list(dict.fromkeys([*named, *chosen]))
     note = (
-        f"IPv6 prefix {network} is not enumerated: checked {len(named)} address(es) named by the requester "
-        f"and a sample of {len(chosen)} ({first} first addresses, {len(chosen) - first} pseudo-random, "
-        f"seeded by the prefix)"
+        f"IPv6 prefix {network} is not enumerated and the requester named no address in it: checked a "
+        f"sample of {len(chosen)} ({first} first addresses, {len(chosen) - first} pseudo-random, seeded by "
+        "the prefix); name the addresses that send mail to have exactly those checked"
     )
-    return addresses, True, note
+    return list(chosen), True, note
 
 
 def verify_network(
