@@ -267,6 +267,9 @@ def test_unicode_and_punycode_names_agree() -> None:
         (".".join(["a" * 63] * 4), "limit is 253"),
         ("mail example.net", "not allowed"),
         ("7.113.0.203.in-addr.arpa", "reverse-zone"),
+        ("-.-", "no letter or digit"),
+        ("xn--zz-.example", "not valid punycode"),
+        ("ü" * 10_000, "limit is 253"),
     ],
 )
 def test_invalid_names_are_generic_with_the_reason(ptr: str, why: str) -> None:

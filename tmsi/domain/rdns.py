@@ -232,7 +232,9 @@ def default_rules() -> Rules:
 # --- name normalisation ------------------------------------------------------------------------------------
 
 _VALID_NAME = re.compile(r"[a-z0-9_.-]+")
-_WELL_FORMED = re.compile(r"(?:[a-z0-9_-]{1,63}\.)+[a-z0-9_-]{1,63}")
+# two or more labels of 1-63 characters, each with a letter or digit
+_LABEL = r"[_-]*[a-z0-9][a-z0-9_-]*"
+_WELL_FORMED = re.compile(rf"(?=[^.]{{1,63}}(?:\.|$))(?:{_LABEL}\.(?=[^.]{{1,63}}(?:\.|$)))+{_LABEL}")
 _ADDRESS_LITERAL = re.compile(r"[0-9.]+|[0-9a-f:.]*:[0-9a-f:.]*")
 _CHUNK = re.compile(r"[^\s._-]+")
 _ALPHA_OR_DIGITS = re.compile(r"[^\W\d_]+|\d+")
@@ -247,6 +249,9 @@ def _normalise(ptr_name: str) -> tuple[str, str | None]:
         name = name[:-1]
     if not name:
         return "", "empty name"
+    # punycode is never shorter than the text it encodes, so a long name fails before the costly IDNA step
+    if len(name) > 253:
+        return name.lower(), f"name is {len(name)} characters long (the limit is 253)"
     if not name.isascii():
         try:
             name = ".".join(
@@ -256,6 +261,8 @@ def _normalise(ptr_name: str) -> tuple[str, str | None]:
             return name.lower(), "not a valid internationalised domain name"
     name = name.lower()
     if len(name) <= 253 and _WELL_FORMED.fullmatch(name):  # the common case: skip the diagnostics
+        if "xn--" in name and not _punycode_ok(name):
+            return name, "a label is not valid punycode (xn--)"
         if _ADDRESS_LITERAL.fullmatch(name):
             return name, "the name is an address literal, not a host name"
         if name.endswith((".in-addr.arpa", ".ip6.arpa")):
@@ -271,13 +278,19 @@ def _normalise(ptr_name: str) -> tuple[str, str | None]:
         return name, "empty label (two dots in a row, or a leading dot)"
     if any(len(label) > 63 for label in labels):
         return name, "a label is longer than 63 characters"
-    if _ADDRESS_LITERAL.fullmatch(name):
-        return name, "the name is an address literal, not a host name"
     if len(labels) < 2:
         return name, "a single label is not a fully qualified host name"
-    if name.endswith((".in-addr.arpa", ".ip6.arpa")):
-        return name, "the name is a reverse-zone name, not a host name"
-    return name, None
+    return name, "a label has no letter or digit"
+
+
+def _punycode_ok(name: str) -> bool:
+    for label in name.split("."):
+        if label.startswith("xn--"):
+            try:
+                label.encode("ascii").decode("idna")
+            except UnicodeError:
+                return False
+    return True
 
 
 @lru_cache(maxsize=1)
