@@ -595,3 +595,26 @@ def test_cli_explain_without_files_is_a_usage_error() -> None:
 
     result = CliRunner().invoke(mail_group, ["explain"])
     assert result.exit_code == 2
+
+
+def test_cli_explain_with_a_bad_setting_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from tmsi.cli.mail import mail as mail_group
+
+    monkeypatch.setenv("TMSI_OWN_NETWORKS", "not-a-network")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(mail_group, ["explain", str(FIXTURES / "spam.eml")])
+    assert result.exit_code == 2
+    assert "TMSI_OWN_NETWORKS" in result.output
+
+
+def test_explain_file_survives_a_failing_message(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
+    import tmsi.cli.mail as cli_mail
+
+    def broken(raw: bytes, file: str, settings: Any) -> dict[str, Any]:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cli_mail, "explain", broken)
+    result = cli_mail.explain_file(str(FIXTURES / "spam.eml"), settings)
+    assert result == {"file": str(FIXTURES / "spam.eml"), "error": "cannot explain: RuntimeError: boom"}

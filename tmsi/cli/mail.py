@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from tmsi.config import load_settings
+from tmsi.config import ConfigError, load_settings
 from tmsi.domain.classify import explain
 
 
@@ -18,7 +18,10 @@ def explain_file(path: str, settings: Any) -> dict[str, Any]:
         raw = Path(path).read_bytes()
     except OSError as exc:
         return {"file": path, "error": f"cannot read: {exc.strerror or exc}"}
-    return explain(raw, path, settings)
+    try:
+        return explain(raw, path, settings)
+    except Exception as exc:  # a bug on one message must not hide the explanation of the others
+        return {"file": path, "error": f"cannot explain: {type(exc).__name__}: {exc}"}
 
 
 @click.group("mail")
@@ -32,7 +35,10 @@ def explain_cmd(files: tuple[str, ...]) -> None:
     """Print, for each FILE (an RFC 822 message), one JSON object per line: kind, whether we would
     acknowledge it, the targets, masked addresses, the thread reference, DMARC authenticity and reasons.
     Nothing is written to the database."""
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
     for path in files:
         click.echo(json.dumps(explain_file(path, settings), ensure_ascii=False))
 
