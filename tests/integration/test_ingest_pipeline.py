@@ -400,3 +400,17 @@ def test_poll_a_local_maildir(settings, factory, tmp_path):
     assert box.uids_after("INBOX") == [] and len(box.uids_after("Processed")) == 1
     assert len(box.uids_after("Quarantine")) == 1
     assert ingest.poll_once(settings, factory, box).seen == 0
+
+
+def test_a_copy_of_our_own_ack_in_the_inbox_is_attached_but_silences_nothing(settings, factory):
+    with unit_of_work(factory) as s:
+        first = ingest.process_message(s, mails.request("198.51.100.160"), settings, source="test")
+        ack_raw = s.scalar(select(OutboxMessage.raw))
+    with unit_of_work(factory) as s:
+        copy = ingest.process_message(s, ack_raw, settings, source="test")  # e.g. a Bcc to the mailbox
+    assert copy.kind == "spam_or_other" and copy.case_reference == first.case_reference
+    assert copy.replies == [] and not copy.new_case
+    with unit_of_work(factory) as s:
+        case = cases.get_by_reference(s, first.case_reference)
+        assert case.flags["auto_generated"] is False
+        assert len(case.messages) == 3  # request, our ack (outgoing), and the copy of it

@@ -360,7 +360,7 @@ def _process(
         result.reasons += target_reasons(targets)
         case = _handle_human(session, message, parsed, verdict, thread, targets, settings, result, notes, now)
     else:
-        case = _handle_automatic(session, message, thread, notes)
+        case = _handle_automatic(session, message, kind, thread, notes, now)
 
     if case is not None:
         result.case_reference = case.reference
@@ -410,16 +410,26 @@ def _attach(message: Message, case: Case) -> None:
 
 
 def _handle_automatic(
-    session: Session, message: Message, thread: Thread, notes: dict[str, Any]
+    session: Session,
+    message: Message,
+    kind: MessageKind,
+    thread: Thread,
+    notes: dict[str, Any],
+    now: datetime,
 ) -> Case | None:
-    """Auto-replies, list mail and other mail: kept, attached when they thread, never answered or opened."""
+    """Auto-replies, list mail and other mail: kept, attached when they thread, never answered or opened.
+
+    Mail that threads but is neither (a copy of our own mail, spam quoting a reference) is attached
+    without marking the requester's side of the thread as automatic.
+    """
     case = thread.case
     if case is None:
         notes["unassigned"] = True
         return None
     _attach(message, case)
-    _set_flags(case, auto_generated=True)
-    case.updated_at = utcnow()
+    if kind in (MessageKind.AUTO_REPLY, MessageKind.LIST):
+        _set_flags(case, auto_generated=True)
+    case.updated_at = now
     return case
 
 
