@@ -111,6 +111,15 @@ def test_embedding_forms_are_named_in_the_reasons(address: str, ptr: str, form: 
     assert not result.passes
 
 
+def test_ipv6_prefix_alone_or_another_ipv6_address_is_generic() -> None:
+    prefix = classify("2001:db8:1::7", "2001-db8-1.isp.example")
+    assert prefix.verdict is NameVerdict.GENERIC
+    assert prefix.reasons[0] == "address embedded partially (IPv6 /48 prefix): 2001-db8-1 in label 1"
+    other = classify("2001:db8:1::7", "2001-db8-ffff-1.isp.example")
+    assert other.verdict is NameVerdict.GENERIC
+    assert any("IPv6 address-like groups" in reason for reason in other.reasons)
+
+
 def test_ipv4_mapped_ipv6_address_is_looked_for_in_its_ipv4_forms() -> None:
     result = classify("::ffff:203.0.113.7", "dsl-203-0-113-7.isp.example")
     assert result.verdict is NameVerdict.DYNAMIC

@@ -457,6 +457,21 @@ def _v6_embeddings(name: str, address: ipaddress.IPv6Address, rules: Rules) -> l
     mapped = address.ipv4_mapped or address.sixtofour
     if mapped is not None:
         return _v4_embeddings(name, mapped.packed, rules)
+    # the /64 or /48 prefix alone (2001-db8-1-0.isp.example) still says the name was generated
+    groups = address.exploded.split(":")
+    for size in (4, 3):
+        head = groups[:size]
+        unpadded = [g.lstrip("0") or "0" for g in head]
+        for sep in "-._":
+            for text in (sep.join(unpadded), sep.join(head)):
+                start = name.find(text)
+                while start >= 0:
+                    end = start + len(text)
+                    before = name[start - 1] if start else "."
+                    after = name[end] if end < len(name) else "."
+                    if before not in _HEXCHARS and after not in _HEXCHARS:
+                        return [_Embedding(start, end, f"partially (IPv6 /{size * 16} prefix)")]
+                    start = name.find(text, start + 1)
     return []
 
 
