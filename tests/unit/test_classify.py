@@ -352,6 +352,12 @@ def test_dsn_bounce_names_the_bounced_message() -> None:
     result = classify((FIXTURES / "bounce_dsn.eml").read_bytes())
     assert result.kind == BOUNCE
     assert result.bounced_message_ids == ["<ack.000126.1747735000@example.test>"]
+    assert "DSN action: failed" in result.reasons
+
+
+def test_delay_warning_says_so() -> None:
+    raw = (FIXTURES / "bounce_dsn.eml").read_bytes().replace(b"Action: failed", b"Action: delayed")
+    assert "DSN action: delayed" in classify(raw).reasons
 
 
 def test_plain_bounce_finds_our_message_id_in_the_quoted_copy() -> None:

@@ -174,6 +174,12 @@ def _bounced_ids(parsed: ParsedMessage, own_domain: str) -> tuple[list[str], lis
     for name, value in parsed.returned_headers:
         if name.lower() == "message-id" and normalize_message_id(value):
             ids.append(normalize_message_id(value))
+    actions = sorted(
+        {entry["action"].strip().lower() for entry in parsed.delivery_status if entry.get("action")}
+    )
+    if actions:
+        # "delayed" is a warning: the message may still arrive.
+        notes.append("DSN action: " + ", ".join(actions))
     for entry in parsed.delivery_status:
         envid = entry.get("original-envelope-id", "").strip()
         if envid and "@" in envid:
