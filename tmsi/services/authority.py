@@ -11,6 +11,7 @@ should look at, and queues the "wrong_sender" or "freemail" reply.  It never com
 
 from __future__ import annotations
 
+import binascii
 import contextvars
 import hashlib
 import ipaddress
@@ -252,6 +253,28 @@ def _tags(value: str) -> dict[str, str]:
     return out
 
 
+@lru_cache(maxsize=1024)
+def _public_key(name: bytes, record: bytes) -> tuple[Any, ...]:
+    """dkimpy's parse of a key record; the same record is parsed once (pure-Python ASN.1 is slow)."""
+    return tuple(dkim.evaluate_pk(name, record))
+
+
+class _Verifier(dkim.DKIM):
+    """dkimpy's verifier with the key parse cached; otherwise DomainSigner.verify_sig unchanged."""
+
+    def verify_sig(self, sig: Any, include_headers: Any, sig_header: Any, dnsfunc: Any) -> Any:
+        name = sig[b"s"] + b"._domainkey." + sig[b"d"] + b"."
+        try:
+            record = dnsfunc(name, timeout=self.timeout)
+            if not record:
+                raise dkim.KeyFormatError(f"missing public key: {name!r}")
+            self.pk, self.keysize, self.ktag, self.seqtlsrpt = _public_key(name, record)
+        except (dkim.KeyFormatError, binascii.Error, dkim.DnsTimeoutError) as exc:
+            self.logger.info("DKIM key %r: %s", name, exc)
+            return False
+        return self.verify_sig_process(sig, include_headers, sig_header, dnsfunc)
+
+
 def verify_dkim(
     raw: bytes, headers: Sequence[tuple[str, str]], dns: AuthorityDns, *, minkey: int = 1024
 ) -> list[AuthCheck]:
@@ -273,7 +296,7 @@ def verify_dkim(
         return keys[0].encode("utf-8")
 
     checks: list[AuthCheck] = []
-    verifier = dkim.DKIM(raw, minkey=minkey, logger=logging.getLogger("tmsi.dkim"))
+    verifier = _Verifier(raw, minkey=minkey, logger=logging.getLogger("tmsi.dkim"))
     for idx, value in enumerate(signatures):
         tags = _tags(value)
         domain, selector = normalize_domain(tags.get("d", "")), tags.get("s", "")
