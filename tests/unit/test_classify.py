@@ -509,6 +509,21 @@ def test_parse_authentication_results() -> None:
         ),
     ],
 )
+def test_parse_authentication_results_comments_and_quotes() -> None:
+    nested = (
+        "mx.example.test (a (nested) comment; with semicolon); dkim=pass (good \\) sig) header.d=isp.example;"
+        ' dmarc=pass header.from="isp.example" policy.dmarc=reject'
+    )
+    _, results = parse_authentication_results(nested)
+    assert [(r.method, r.result, r.props) for r in results] == [
+        ("dkim", "pass", {"header.d": "isp.example"}),
+        ("dmarc", "pass", {"header.from": "isp.example", "policy.dmarc": "reject"}),
+    ]
+    quoted = 'mx.example.test;\r\n\tdkim=fail reason="signature \\"bad\\"; really" header.d=isp.example'
+    _, results = parse_authentication_results(quoted)
+    assert results[0].props == {"reason": 'signature "bad"; really', "header.d": "isp.example"}
+
+
 def test_parse_authentication_results_edge_cases(
     value: str, expected: tuple[str, list[tuple[str, str]]]
 ) -> None:
