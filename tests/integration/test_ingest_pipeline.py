@@ -414,3 +414,24 @@ def test_a_copy_of_our_own_ack_in_the_inbox_is_attached_but_silences_nothing(set
         case = cases.get_by_reference(s, first.case_reference)
         assert case.flags["auto_generated"] is False
         assert len(case.messages) == 3  # request, our ack (outgoing), and the copy of it
+
+
+def test_two_senders_never_claim_the_same_row(settings, factory):
+    _queue_acks(settings, factory, 3)
+    now = utcnow()
+    first = outbox._claim(factory, "worker-a", now, 2, 300)
+    second = outbox._claim(factory, "worker-b", now, 10, 300)
+    assert len(first) == 2 and len(second) == 1 and not set(first) & set(second)
+
+
+def test_skip_locked_on_postgresql(settings, factory, engine):
+    if engine.dialect.name != "postgresql":
+        pytest.skip("FOR UPDATE SKIP LOCKED is PostgreSQL's; SQLite has a single writer")
+    _queue_acks(settings, factory, 2)
+    with factory() as holder, holder.begin():
+        locked = holder.scalars(
+            select(OutboxMessage.id).order_by(OutboxMessage.id).limit(1).with_for_update()
+        ).all()
+        # another worker, while the first row is locked by an open transaction: it gets the other row at once
+        claimed = outbox._claim(factory, "worker-b", utcnow(), 10, 300)
+        assert claimed and not set(claimed) & set(locked)
