@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import select
@@ -129,3 +129,25 @@ def test_export_hook_runs_and_its_failure_is_recorded(factory, settings, tmp_pat
         last = session.scalars(select(ExportRun).order_by(ExportRun.id.desc())).first()
         assert last is not None and last.status == "failed" and "broken" in (last.error or "")
     assert (settings.zone_dir / f"{ZONE}.ip4set").read_text().count("192.0.2.40") == 1
+
+
+def test_exported_lines_match_the_domain_rendering(session, settings):
+    from tmsi.domain import zone
+
+    _list(session, "192.0.2.10", "198.51.100.128/25", "192.0.2.64/26", "2001:db8::25", "2001:db8:5::/48")
+    result = export.export_zone(session, settings)
+    for version, networks in (
+        (4, ["192.0.2.10/32", "192.0.2.64/26", "198.51.100.128/25"]),
+        (6, ["2001:db8::25/128", "2001:db8:5::/48"]),
+    ):
+        path = settings.zone_dir / zone.dataset_file(ZONE, version)
+        expected = zone.render_dataset(
+            networks,
+            zone=ZONE,
+            kind=zone.DATASETS[version],
+            serial=result["serial"],
+            generated_at=datetime.fromisoformat(result["generated_at"]),
+            txt=zone.txt_template(settings.zone_txt_template, settings.base_url),
+        )
+        assert path.read_text() == "".join(expected)
+        assert oct(path.stat().st_mode & 0o777) == "0o644"
