@@ -496,19 +496,6 @@ def test_parse_authentication_results() -> None:
     assert results[1].props == {"smtp.mailfrom": "noc@isp.example"}
 
 
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        ("mx.example.test; none", ("mx.example.test", [])),
-        ("", ("", [])),
-        ("(comment only)", ("", [])),
-        ('"mx.example.test"; dmarc/1=FAIL', ("mx.example.test", [("dmarc", "fail")])),
-        (
-            'mx.example.test; dkim=pass reason="good sig" header.i=@isp.example',
-            ("mx.example.test", [("dkim", "pass")]),
-        ),
-    ],
-)
 def test_parse_authentication_results_comments_and_quotes() -> None:
     nested = (
         "mx.example.test (a (nested) comment; with semicolon); dkim=pass (good \\) sig) header.d=isp.example;"
@@ -524,6 +511,19 @@ def test_parse_authentication_results_comments_and_quotes() -> None:
     assert results[0].props == {"reason": 'signature "bad"; really', "header.d": "isp.example"}
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("mx.example.test; none", ("mx.example.test", [])),
+        ("", ("", [])),
+        ("(comment only)", ("", [])),
+        ('"mx.example.test"; dmarc/1=FAIL', ("mx.example.test", [("dmarc", "fail")])),
+        (
+            'mx.example.test; dkim=pass reason="good sig" header.i=@isp.example',
+            ("mx.example.test", [("dkim", "pass")]),
+        ),
+    ],
+)
 def test_parse_authentication_results_edge_cases(
     value: str, expected: tuple[str, list[tuple[str, str]]]
 ) -> None:
