@@ -20,6 +20,7 @@ from tmsi.services import cases, ingest, outbox
 
 pytestmark = pytest.mark.integration
 
+
 @pytest.fixture(scope="session")
 def _imap_user_pool(dovecot):
     """Fresh Dovecot users, created in one go: Dovecot takes seconds to notice a changed passwd-file."""
@@ -416,3 +417,15 @@ def test_cli_poll_and_send(imap_settings, factory, dovecot, smtp_sink, monkeypat
     sent = runner.invoke(mail, ["send"])
     assert sent.exit_code == 0 and json.loads(sent.output)["sent"] == 1
     assert smtp_sink.wait_for(1)[0].rcpt_tos == ["cli@isp.example"]
+
+
+def test_job_send_outbox_uses_the_configured_smtp(imap_settings, factory, dovecot, smtp_sink):
+    from tmsi.services.ingest import job_poll_mailbox
+
+    dovecot.append(
+        "INBOX", mails.request("198.51.100.201", sender="job@isp.example"), user=imap_settings.imap_user
+    )
+    assert job_poll_mailbox(imap_settings, factory)["new_cases"] == 1
+    smtp_sink.clear()
+    assert outbox.job_send_outbox(imap_settings, factory)["sent"] == 1
+    assert smtp_sink.wait_for(1)[0].rcpt_tos == ["job@isp.example"]

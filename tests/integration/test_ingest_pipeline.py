@@ -435,3 +435,16 @@ def test_skip_locked_on_postgresql(settings, factory, engine):
         # another worker, while the first row is locked by an open transaction: it gets the other row at once
         claimed = outbox._claim(factory, "worker-b", utcnow(), 10, 300)
         assert claimed and not set(claimed) & set(locked)
+
+
+def test_job_poll_mailbox_uses_the_configured_maildir(settings, factory):
+    from tmsi.adapters.mailbox import MaildirMailbox
+
+    assert ingest.job_poll_mailbox(settings, factory) == {"skipped": "TMSI_MAILBOX_KIND is none"}
+    settings.mailbox_kind = "maildir"
+    MaildirMailbox(settings.maildir_path).deliver(
+        "INBOX", mails.request("203.0.113.222", sender="job@isp.example")
+    )
+    report = ingest.job_poll_mailbox(settings, factory)
+    assert (report["processed"], report["new_cases"]) == (1, 1)
+    assert report["mailbox"].startswith("maildir:")
