@@ -577,3 +577,15 @@ def test_job_evaluates_the_latest_inbound_mail_and_commits(
     with factory() as session:
         empty = session.get(Case, empty_id)
         assert empty is not None and empty.authority_result == CheckResult.NONE
+
+
+def test_rdap_cache_row_written_meanwhile_by_another_worker_is_updated(session: Session) -> None:
+    from sqlalchemy import insert
+
+    url = "http://127.0.0.1:9/rdap/ip/192.0.2.0/24"
+    old = utcnow()
+    session.execute(insert(RdapCache).values(key=url, data={"handle": "OLD"}, fetched_at=old, expires_at=old))
+    later = utcnow()
+    svc._store_rdap(session, None, url, {"handle": "NEW"}, later, later)  # it did not see the row
+    row = session.get(RdapCache, url)
+    assert row is not None and row.data == {"handle": "NEW"}

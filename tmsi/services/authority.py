@@ -29,6 +29,7 @@ from typing import Any
 import dkim
 import spf
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tmsi.adapters.authority_dns import AuthorityDns, CachingDns, DnsAnswer, DnspythonDns
@@ -580,14 +581,30 @@ def rdap_facts(
             continue
         data = response.data if response.status == "ok" else {"_status": "not_found"}
         if session is not None:
-            expires = now + timedelta(seconds=settings.rdap_cache_seconds)
-            if cached is None:
-                session.add(RdapCache(key=url, data=data, fetched_at=now, expires_at=expires))
-            else:
-                cached.data, cached.fetched_at, cached.expires_at = data, now, expires
-            session.flush()
+            _store_rdap(session, cached, url, data, now, now + timedelta(seconds=settings.rdap_cache_seconds))
         return _facts_from(data, url, cached=False, fetched_at=now)
     return RdapFacts("unverifiable", [], {"errors": errors})
+
+
+def _store_rdap(
+    session: Session,
+    cached: RdapCache | None,
+    url: str,
+    data: dict[str, Any],
+    now: datetime,
+    expires: datetime,
+) -> None:
+    if cached is None:
+        try:
+            with session.begin_nested():  # another worker may cache the same URL at the same time
+                session.add(RdapCache(key=url, data=data, fetched_at=now, expires_at=expires))
+            return
+        except IntegrityError:
+            cached = session.get(RdapCache, url, populate_existing=True)
+            if cached is None:
+                return
+    cached.data, cached.fetched_at, cached.expires_at = data, now, expires
+    session.flush()
 
 
 def _facts_from(data: dict[str, Any], url: str, *, cached: bool, fetched_at: datetime) -> RdapFacts:
