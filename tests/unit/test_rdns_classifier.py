@@ -225,10 +225,14 @@ def test_registered_domain_uses_the_public_suffix_list() -> None:
     assert result.verdict is NameVerdict.STATIC
 
 
-def test_weak_token_without_address_needs_a_line_id_and_no_server_word() -> None:
+def test_weak_token_without_address_needs_a_line_id_outside_server_names() -> None:
     assert classify("203.0.113.7", "adsl77.isp.example").verdict is NameVerdict.DYNAMIC
-    assert classify("203.0.113.7", "mx1.cable.isp.example").verdict is NameVerdict.CUSTOM
     assert classify("203.0.113.7", "cust1.dsl.isp.example").verdict is NameVerdict.DYNAMIC
+    # the digits of mx1/smtp02 number servers, not lines; a server word does not excuse a line id
+    assert classify("203.0.113.7", "mx1.cable.isp.example").verdict is NameVerdict.CUSTOM
+    assert classify("203.0.113.7", "smtp02.dsl.isp.example").verdict is NameVerdict.CUSTOM
+    assert classify("203.0.113.7", "mail.adsl123.isp.example").verdict is NameVerdict.DYNAMIC
+    assert classify("203.0.113.7", "mail.home.isp.example").verdict is NameVerdict.CUSTOM
 
 
 def test_hand_made_names_are_custom_and_pass() -> None:
@@ -279,6 +283,8 @@ def test_unicode_and_punycode_names_agree() -> None:
         ("-.-", "no letter or digit"),
         ("xn--zz-.example", "not valid punycode"),
         ("ü" * 10_000, "limit is 253"),
+        ("router.lan.", "private top-level name"),
+        ("mail.localhost", "private top-level name"),
     ],
 )
 def test_invalid_names_are_generic_with_the_reason(ptr: str, why: str) -> None:

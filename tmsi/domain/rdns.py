@@ -107,6 +107,7 @@ class Rules:
     fillers: frozenset[str]
     schemes: tuple[Scheme, ...]
     any_scheme: re.Pattern[str]  # all scheme patterns in one: most names match none, one search says so
+    private_suffixes: tuple[str, ...]  # ".lan", ".localdomain": not public names
     isp: Mapping[str, tuple[IspPattern, ...]]
     strong_dynamic_weight: int = 10
     no_address_dynamic_weight: int = 8
@@ -151,6 +152,8 @@ def _merge(data: dict[str, Any], path: Path, acc: dict[str, Any]) -> None:
                 f"{path}: [decision] {key} = {value!r} is not a known non-negative integer setting"
             )
         acc["decision"][key] = value
+    names = data.get("names", {})
+    acc["private"].update("." + str(s).lower().strip(".") for s in names.get("private_suffixes", []))
     compound = data.get("compound", {})
     acc["short"].update(str(w).lower() for w in compound.get("short", []))
     acc["fillers"].update(str(w).lower() for w in compound.get("fillers", []))
@@ -197,6 +200,7 @@ def load_rules(extra_path: str | None = None) -> Rules:
             "partial_min_digits": 3,
         },
         "short": set(),
+        "private": set(),
         "fillers": set(),
         "tokens": {},
         "schemes": [],
@@ -215,6 +219,7 @@ def load_rules(extra_path: str | None = None) -> Rules:
         compound_words=compound_words,
         fillers=fillers,
         schemes=tuple(acc["schemes"]),
+        private_suffixes=tuple(sorted(acc["private"])),
         any_scheme=re.compile(
             "|".join(f"(?:{scheme.pattern.pattern})" for scheme in acc["schemes"]) or "(?!)"
         ),
@@ -569,7 +574,7 @@ class _Words(NamedTuple):
     generated: tuple[tuple[int, int], ...]  # label spans of generated ids and placeholders
     dynamic_scheme: bool
     notes: tuple[str, ...]  # reasons about schemes, placeholders and ignored words
-    id_digits: int  # longest digit run left in the host part
+    id_digits: int  # longest digit run in the host part, outside server names (mx1, smtp02)
     described: dict[_Hit, str]  # the reason text of each hit
 
 
@@ -621,7 +626,18 @@ def _words(skeleton: str, domain: str, rules: Rules) -> _Words:
             else:
                 notes.append(f"{_describe(hit)}: a placeholder, not a host name")
                 generated.append((number, number))
-    id_digits = max(map(len, _DIGITS.findall(host)), default=0)
+    id_digits = max(
+        (
+            len(digits)
+            for chunk in _CHUNK.findall(host)
+            if not any(
+                p in rules.tokens and rules.tokens[p].kind == "server"
+                for p in _ALPHA_OR_DIGITS.findall(chunk)
+            )
+            for digits in _DIGITS.findall(chunk)
+        ),
+        default=0,
+    )
     described = {hit: _describe(hit) for hit in static + dynamic + domain_dynamic + server}
     return _Words(
         tuple(static),
@@ -645,6 +661,8 @@ def classify(address: str | IPAddress, ptr_name: str, rules: Rules | None = None
     name, problem = _normalise(ptr_name)
     if problem:
         return _invalid(problem)
+    if name.endswith(rules.private_suffixes):
+        return _invalid(f"{name.rsplit('.', 1)[-1]} is a private top-level name, not a public host name")
     domain = _registered_domain(".".join(name.rsplit(".", 3)[-3:]))
 
     # where the address sits in the name; the skeleton is the name with it blanked out (dots kept)
@@ -705,11 +723,11 @@ def classify(address: str | IPAddress, ptr_name: str, rules: Rules | None = None
         if dynamic_weight >= rules.no_address_dynamic_weight:
             reasons.append(f"dynamic tokens weigh {dynamic_weight} without the address in the name")
             return Classification(NameVerdict.DYNAMIC, reasons)
-        if words.id_digits >= rules.no_address_id_digits and not words.server:
+        if words.id_digits >= rules.no_address_id_digits:
             reasons.append("dynamic token with a numeric line id")
             return Classification(NameVerdict.DYNAMIC, reasons)
         reasons += [words.described[h] for h in words.server]
-        reasons.append("a single weak dynamic token without the address: treated as a hand-made name")
+        reasons.append("a weak dynamic token without the address or a line id: treated as a hand-made name")
         return Classification(NameVerdict.CUSTOM, reasons)
 
     if embedded:
