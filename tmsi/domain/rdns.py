@@ -5,8 +5,9 @@ loaded once and precompiled. The live checker (``tmsi.services.verify``) calls :
 
 How a name is judged. A wrong "static" delists a spam source, so whenever the name is ambiguous it fails:
 
-1. A name that is not a valid host name (empty, bad characters, a label over 63 or a name over 253
-   characters, a single label, an address literal) is *generic*, with the reason.
+1. A name that is not a valid public host name (empty, bad characters, a label over 63 or a name over 253
+   characters, a single label, an address literal, bad punycode, ``.lan``/``.localdomain``) is *generic*,
+   with the reason.
 2. A strong dynamic token (``dyn``, ``dhcp``, ``pool``, ``ppp``, ``dial`` ...), a consumer-pool naming
    scheme or an ISP pattern saying "dynamic" makes the name *dynamic*, even when it also says ``static``:
    ``static-dyn-203-0-113-7`` is ambiguous and fails.
@@ -15,10 +16,11 @@ How a name is judged. A wrong "static" delists a spam source, so whenever the na
    a neighbouring one) or outweighs the other dynamic tokens, else *dynamic*. Without the address: *static*.
    Static tokens in the registered domain (``staticnet.example``) say nothing about the host and are ignored.
 4. Weaker dynamic tokens (``dsl``, ``cable``, ``cust``, ``res``, ``mobile`` ...) with the address embedded
-   make it *dynamic*; without the address they must add up to ``no_address_dynamic_weight``, or come with a
-   numeric id (``adsl123``) and without a server word (``mail``, ``mx``, ``smtp``), else the name is *custom*.
-5. The address embedded (dotted, dashed, reversed, zero-padded, hex, decimal, IPv6 forms, partial octets),
-   another address, or an opaque generated id, with nothing that says static: *generic*.
+   make it *dynamic*; without the address they must add up to ``no_address_dynamic_weight`` or come with a
+   line id (``adsl123``; the digits of server names such as ``mx1`` do not count), else it is *custom*.
+5. The address embedded (dotted, dashed, reversed, zero-padded, hex, decimal, IPv6 forms and prefixes,
+   partial octets), another address, a placeholder (``unknown``, ``unassigned``) or an opaque generated id,
+   with nothing that says static: *generic*.
 6. Anything else is a hand-made name: *custom*.
 """
 
