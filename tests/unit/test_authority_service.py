@@ -335,3 +335,31 @@ def test_in_memory_rdap_timeouts_and_misses() -> None:
         rdap.fetch(rdap.urls_for("198.51.100.0/25")[0])
     assert exc.value.kind == "timeout"
     assert ipaddress.ip_network("192.0.2.0/24")  # the fixture networks are documentation ranges
+
+
+def test_ed25519_signatures_verify_and_unknown_algorithms_are_permerrors() -> None:
+    import base64
+
+    import dkim
+    import nacl.signing
+
+    signing = nacl.signing.SigningKey.generate()
+    message = request_body("noc@isp.example")
+    raw = (
+        dkim.sign(
+            message,
+            b"ed",
+            b"isp.example",
+            base64.b64encode(bytes(signing)),
+            signature_algorithm=b"ed25519-sha256",
+            include_headers=[b"from", b"subject", b"date"],
+        )
+        + message
+    )
+    public = base64.b64encode(bytes(signing.verify_key)).decode()
+    dns = StaticDns({("ed._domainkey.isp.example", "TXT"): [f"v=DKIM1; k=ed25519; p={public}"]})
+    [check] = svc.verify_dkim(raw, svc.header_fields(raw), dns)
+    assert (check.result, check.detail["algorithm"]) == ("pass", "ed25519-sha256")
+    bogus = raw.replace(b"a=ed25519-sha256", b"a=rsa-sha999", 1)
+    [odd] = svc.verify_dkim(bogus, svc.header_fields(bogus), dns)
+    assert odd.result == "permerror"

@@ -254,6 +254,17 @@ def _tags(value: str) -> dict[str, str]:
     return out
 
 
+# dkimpy errors that say the signature or key cannot be evaluated at all (RFC 6376 PERMFAIL), not "fails"
+_DKIM_PERMERRORS = (
+    "KeyFormatError",
+    "MessageFormatError",
+    "ParameterError",
+    "NaClNotFoundError",
+    "UnknownKeyTypeError",
+    "unknown signature algorithm",
+)
+
+
 @lru_cache(maxsize=1024)
 def _public_key(name: bytes, record: bytes) -> tuple[Any, ...]:
     """dkimpy's parse of a key record; the same record is parsed once (pure-Python ASN.1 is slow)."""
@@ -312,6 +323,11 @@ def verify_dkim(
             error = ""
         except dkim.DKIMException as exc:
             ok, error = False, f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # dkimpy raises plain errors on some malformed or unsupported signatures
+            ok, error = (
+                False,
+                f"ParameterError: unsupported or malformed signature ({type(exc).__name__}: {exc})",
+            )
         answer: DnsAnswer | None = outcome.get("answer")
         if answer is not None:
             detail["key_lookup"] = answer.as_dict()
@@ -321,7 +337,7 @@ def verify_dkim(
             result, error = "temperror", f"key look-up failed: {answer.error}"
         elif answer is not None and not answer.ok:
             result, error = "permerror", f"no key at {selector}._domainkey.{domain} ({answer.status})"
-        elif "KeyFormatError" in error or "MessageFormatError" in error or "ParameterError" in error:
+        elif any(kind in error for kind in _DKIM_PERMERRORS):
             result = "permerror"
         else:
             result, error = "fail", error or "the signature does not verify"
