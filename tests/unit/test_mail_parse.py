@@ -517,3 +517,31 @@ def test_raw_gbk_subject_uses_the_body_charset_as_a_hint() -> None:
         + b"\r\nContent-Type: text/plain; charset=gbk\r\n\r\nhello\r\n"
     )
     assert parse_message(raw).subject == "申请解除封锁"
+
+
+@pytest.mark.parametrize(
+    ("disposition", "expected"),
+    [
+        ('attachment; filename="list.csv"', "list.csv"),
+        ("attachment; filename*=utf-8''Liste%20f%C3%BCr%20DUL.csv", "Liste für DUL.csv"),
+        ("attachment; filename*0*=utf-8''Liste%20; filename*1*=f%C3%BCr.csv", "Liste für.csv"),
+        ('attachment; filename="=?utf-8?b?5YiX6KGoLmNzdg==?="', "列表.csv"),
+        ("attachment;\r\n filename=plain.txt", "plain.txt"),
+    ],
+)
+def test_attachment_file_names(disposition: str, expected: str) -> None:
+    raw = (
+        "From: noc@isp.example\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+        "--b\r\nContent-Type: text/plain\r\n\r\nsee attachment\r\n"
+        f"--b\r\nContent-Type: text/csv\r\nContent-Disposition: {disposition}\r\n\r\n203.0.113.5\r\n--b--\r\n"
+    ).encode()
+    parsed = parse_message(raw)
+    assert [a.filename for a in parsed.attachments] == [expected]
+    assert "203.0.113.5" in parsed.text
+
+
+def test_invalid_content_type_means_plain_text() -> None:
+    parsed = parse_message(simple(b"delist 203.0.113.6", ctype="garbage; charset=utf-8"))
+    assert parsed.content_type == "text/plain"
+    assert parsed.text == "delist 203.0.113.6"

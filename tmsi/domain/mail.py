@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import email.utils
 import hashlib
 import quopri
 import re
@@ -305,8 +306,8 @@ def decode_header_value(value: str, fallback_charset: str | None = None) -> str:
 def _header_charset(message: Message) -> str | None:
     """A charset hint for raw 8-bit headers: the first declared body charset."""
     for part in message.walk():
-        charset = part.get_param("charset")
-        if isinstance(charset, str) and charset:
+        charset = _charset_param(part)
+        if charset:
             return charset
     return None
 
@@ -419,19 +420,66 @@ META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9_.:-]+)""
 # body walk
 
 
-def _safe_content_type(part: Message) -> str:
+# MIME headers are read from the raw values: the policy would build (and re-parse) a header object on
+# every access, which cost more than the parse itself.
+PARAM = re.compile(r';\s*([^\s=;]+)\s*=\s*("(?:[^"\\]|\\.)*"?|[^;]*)')
+MIME_TYPE = re.compile(r"^[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+$")
+
+
+def _raw_value(part: Message, name: str) -> str | None:
+    for key, value in part.raw_items():
+        if key.lower() == name:
+            return str(value)
+    return None
+
+
+def _params(value: str) -> tuple[str, dict[str, str]]:
+    """(first token lower-cased, parameters) of a Content-Type/Content-Disposition value; RFC 2231
+    continuations and charsets decoded."""
+    value = FOLDING.sub(" ", value)
+    head, _, rest = value.partition(";")
+    pairs = [(key.lower(), raw.strip()) for key, raw in PARAM.findall(";" + rest)]
+    params: dict[str, str] = {}
     try:
-        return part.get_content_type()
-    except Exception:  # malformed Content-Type header objects
-        return "text/plain"
+        for key, decoded in email.utils.decode_params([(head, ""), *pairs])[1:]:
+            if isinstance(decoded, tuple):  # (charset, language, '"text"') from RFC 2231
+                decoded = (decoded[0], decoded[1], email.utils.unquote(decoded[2]))
+            params.setdefault(key, str(email.utils.collapse_rfc2231_value(decoded)))
+    except (ValueError, LookupError, TypeError, UnicodeError):
+        params = {key: raw.strip('"') for key, raw in pairs}
+    return head.strip().lower(), params
+
+
+def _content_type(part: Message) -> tuple[str, dict[str, str]]:
+    raw = _raw_value(part, "content-type")
+    if raw is None:
+        return part.get_default_type(), {}
+    ctype, params = _params(raw)
+    if not MIME_TYPE.match(ctype):
+        return "text/plain", params  # RFC 2045 5.2: an invalid Content-Type means text/plain
+    return ctype, params
+
+
+def _safe_content_type(part: Message) -> str:
+    return _content_type(part)[0]
+
+
+def _charset_param(part: Message) -> str | None:
+    charset = _content_type(part)[1].get("charset", "").strip()
+    return charset or None
+
+
+def _disposition(part: Message) -> tuple[str | None, dict[str, str]]:
+    raw = _raw_value(part, "content-disposition")
+    if raw is None:
+        return None, {}
+    disposition, params = _params(raw)
+    return disposition or None, params
 
 
 def _safe_filename(part: Message, charset: str | None) -> str:
-    try:
-        name = part.get_filename() or ""
-    except Exception:
-        name = ""
-    return decode_header_value(str(name), charset) if name else ""
+    name = _disposition(part)[1].get("filename") or _content_type(part)[1].get("name") or ""
+    return decode_header_value(name, charset).strip() if name else ""
 
 
 # Large messages: long runs of base64 lines are cut out of the bytes handed to the MIME parser (which
@@ -540,10 +588,7 @@ def _payload_bytes(part: Message) -> bytes:
 
 
 def _is_attachment(part: Message, filename: str) -> bool:
-    try:
-        disposition = part.get_content_disposition()
-    except Exception:
-        disposition = None
+    disposition = _disposition(part)[0]
     return disposition == "attachment" or (bool(filename) and disposition != "inline")
 
 
@@ -606,9 +651,9 @@ def _walk(message: Message, state: _Walk, charset_hint: str | None, in_report: b
                 if in_report and not state.returned_headers:
                     state.returned_headers = _raw_headers(nested)
                 nested_charset = _header_charset(nested) or charset_hint
-                subject = nested.get("subject")
+                subject = _raw_value(nested, "subject")
                 if subject is not None:
-                    state.text_parts.append("Subject: " + decode_header_value(str(subject), nested_charset))
+                    state.text_parts.append("Subject: " + decode_header_value(subject, nested_charset))
                 _walk(nested, state, nested_charset, False, depth + 1)
             return
         if ctype == "message/delivery-status" and isinstance(payload, list):
@@ -642,8 +687,7 @@ def _walk(message: Message, state: _Walk, charset_hint: str | None, in_report: b
         return
     filename = _safe_filename(message, charset_hint)
     attachment = _is_attachment(message, filename)
-    declared = message.get_param("charset")
-    declared = declared if isinstance(declared, str) else None
+    declared = _charset_param(message)
     is_text_attachment = ctype in TEXT_ATTACHMENT_TYPES or filename.lower().endswith(TEXT_ATTACHMENT_SUFFIXES)
     report_part = ctype in ("text/rfc822-headers", "message/delivery-status", "message/rfc822")
     if not report_part and (attachment or not ctype.startswith("text/")):
@@ -778,11 +822,8 @@ def parse_message(raw: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ParsedMe
     except RecursionError:
         state.defects.append("MIME structure too deep")
 
-    content_type = _safe_content_type(message)
-    report_type = ""
-    if content_type == "multipart/report":
-        value = message.get_param("report-type")
-        report_type = value.lower() if isinstance(value, str) else ""
+    content_type, top_params = _content_type(message)
+    report_type = top_params.get("report-type", "").lower() if content_type == "multipart/report" else ""
 
     references = message_ids(" ".join(first_value for first_value in [first("references")] if first_value))
     auto_submitted = first("auto-submitted").split(";")[0].strip().lower()
