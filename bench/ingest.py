@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -171,9 +172,24 @@ def child(args: argparse.Namespace) -> None:
     box = ImapMailbox(host="127.0.0.1", port=args.port, user=args.user, password="pw", tls="none")
     box.select("INBOX")
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_start = current_rss_kib()
+    # ru_maxrss cannot show growth below an earlier peak (imports), so also sample VmRSS while polling.
+    samples = [rss_start]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.2):
+            samples.append(current_rss_kib())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     started = time.perf_counter()
+    cpu_started = time.process_time()
     report = poll_once(settings, factory, box)
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
+    done.set()
+    sampler.join()
     box.close()
     handled = report.processed + report.quarantined + report.duplicates
     print(
@@ -187,11 +203,22 @@ def child(args: argparse.Namespace) -> None:
                 "errors": len(report.errors),
                 "seconds": round(elapsed, 2),
                 "per_second": round(handled / elapsed, 1),
+                "cpu_ms_per_message": round(1000 * cpu / max(handled, 1), 2),
+                "rss_at_start_mib": round(rss_start / 1024, 1),
+                "rss_max_while_polling_mib": round(max(samples) / 1024, 1),
                 "rss_before_mib": round(rss_before / 1024, 1),
                 "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             }
         )
     )
+
+
+def current_rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
 
 
 # --- orchestration -------------------------------------------------------------------------------

@@ -448,3 +448,14 @@ def test_job_poll_mailbox_uses_the_configured_maildir(settings, factory):
     report = ingest.job_poll_mailbox(settings, factory)
     assert (report["processed"], report["new_cases"]) == (1, 1)
     assert report["mailbox"].startswith("maildir:")
+
+
+def test_the_same_delivery_seen_again_is_not_counted_twice(settings, factory):
+    raw = mails.request("198.51.100.170")
+    where = ingest.Delivery("memory://x", "INBOX", 7, 42)
+    for _ in range(2):
+        with unit_of_work(factory) as s:
+            ingest.process_message(s, raw, settings, source="test", delivery=where)
+    with unit_of_work(factory) as s:
+        (message,) = s.scalars(select(Message).where(Message.direction == "in")).all()
+        assert message.delivery_count == 1 and len(message.deliveries) == 1

@@ -136,20 +136,23 @@ def _record_delivery(session: Session, message: Message, delivery: Delivery | No
 
 def _duplicate(session: Session, existing: Message, delivery: Delivery | None, now: datetime) -> IngestResult:
     """The same message again: one more delivery of the stored row, never processed twice."""
-    renumbered = False
+    renumbered = seen_before = False
     if delivery is not None:
-        earlier = session.scalars(
-            select(MessageDelivery.uidvalidity).where(
+        earlier = session.execute(
+            select(MessageDelivery.uidvalidity, MessageDelivery.uid).where(
                 MessageDelivery.message_id == existing.id,
                 MessageDelivery.mailbox == delivery.mailbox[:255],
                 MessageDelivery.folder == delivery.folder[:255],
             )
         ).all()
+        validities = {validity for validity, _ in earlier}
         # Seen in this folder under another UIDVALIDITY: the server renumbered the folder, it is the same
         # delivery (left in the folder by a crash before the move), not a second one.
-        renumbered = bool(earlier) and delivery.uidvalidity not in earlier
-        _record_delivery(session, existing, delivery, now)
-    if not renumbered:
+        renumbered = bool(validities) and delivery.uidvalidity not in validities
+        seen_before = (delivery.uidvalidity, delivery.uid) in set(earlier)
+        if not seen_before:
+            _record_delivery(session, existing, delivery, now)
+    if not (renumbered or seen_before):
         existing.delivery_count = (existing.delivery_count or 1) + 1
     session.flush()
     log.info("message %s (%s) delivered again; not processed twice", existing.id, existing.message_id_header)
