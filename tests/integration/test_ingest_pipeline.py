@@ -459,3 +459,30 @@ def test_the_same_delivery_seen_again_is_not_counted_twice(settings, factory):
     with unit_of_work(factory) as s:
         (message,) = s.scalars(select(Message).where(Message.direction == "in")).all()
         assert message.delivery_count == 1 and len(message.deliveries) == 1
+
+
+def test_cli_ingest_files_and_reprocess(settings, factory, tmp_path, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from tmsi.cli.mail import mail
+
+    good = tmp_path / "request.eml"
+    good.write_bytes(mails.request("203.0.113.177", sender="cli-file@isp.example"))
+    bad = tmp_path / "broken.eml"
+    bad.write_bytes(mails.malformed())
+    monkeypatch.setenv("TMSI_DATABASE_URL", settings.database_url)
+    runner = CliRunner()
+    out = runner.invoke(mail, ["ingest", str(good), str(bad)])
+    assert out.exit_code == 0, out.output
+    lines = [json.loads(line) for line in out.output.splitlines()]
+    assert [line["file"] for line in lines] == [str(good), str(bad)]
+    assert lines[0]["new_case"] and lines[0]["targets"] == ["203.0.113.177/32"]
+    assert lines[1]["status"] == "quarantined" and lines[1]["error"]
+    again = runner.invoke(mail, ["ingest", str(good)])
+    assert json.loads(again.output)["duplicate"] is True
+    redo = runner.invoke(mail, ["reprocess", str(lines[1]["message_id"])])
+    assert redo.exit_code == 0 and json.loads(redo.output)["status"] == "quarantined"
+    wrong = runner.invoke(mail, ["reprocess", str(lines[0]["message_id"])])
+    assert wrong.exit_code != 0 and "not a quarantined" in wrong.output
