@@ -379,8 +379,9 @@ def _dashed_hosts(c: _Collector) -> None:
 
 
 def _reverse_names(c: _Collector, dnsbl_zone: str) -> None:
+    lowered = c.text.lower()
     zone = dnsbl_zone.strip().strip(".").lower()
-    if zone:
+    if zone and zone in lowered:
         zone_re = re.escape(zone)
         dnsbl_v4 = re.compile(DNSBL_V4_TEMPLATE.format(oct=OCT, zone=zone_re), re.IGNORECASE)
         dnsbl_v6 = re.compile(DNSBL_V6_TEMPLATE.format(zone=zone_re), re.IGNORECASE)
@@ -397,6 +398,8 @@ def _reverse_names(c: _Collector, dnsbl_zone: str) -> None:
             hexstr = "".join(nibbles)
             address6 = ipaddress.IPv6Address(int(hexstr, 16))
             c.add(_host(address6), m.group(0))
+    if "arpa" not in lowered:
+        return
     for m in IN_ADDR.finditer(c.text):
         c.take(m.start(), m.end())
         network = _in_addr_network(m.group(1).rstrip(".").split("."))
