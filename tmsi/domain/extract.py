@@ -2,6 +2,22 @@
 
 Pure: text in, :class:`ExtractedTargets` out. Each candidate is either a target (a normalized CIDR with the
 text it came from) or ignored with a reason an analyst can read; masked addresses only set a flag.
+
+Passes run from the most specific notation to the least, each consuming the text it used: DNSBL query
+names under our zone and in-addr/ip6.arpa names (reversed back), rDNS names with a dashed address,
+dash ranges (one line only; the minimal CIDR cover), CIDRs and IPv6, wildcards, dates, single addresses.
+
+Decisions a reader could not guess:
+
+* ``*``/``x`` in trailing octets after at least two real ones is a wildcard (``203.0.113.*`` is a /24,
+  ``198.51.*.*`` a /16); a hidden octet before a visible one, a partly hidden octet, or ``xxx.xxx`` over
+  two octets (``203.0.xxx.xxx``, how people hide one address) is *masked*: no target, ``masked`` set.
+* An address glued to a host-name label (``203.0.113.7.example.net``, ``mail.203.0.113.7``,
+  ``7.113.0.203.dyn.example.net``) describes a name, it does not request the address.
+* A keyword (``version``, ``build``, ``firmware`` ...) or a ``Product/`` token right before a dotted quad
+  makes it a version string; dotted runs longer than four numbers (OIDs) never match.
+* Networks nested in another named network are dropped; adjacent ones are not merged.
+* Our own networks and reserved space are cut out of a larger target (with a note), never listed.
 """
 
 from __future__ import annotations
