@@ -429,3 +429,44 @@ def test_job_send_outbox_uses_the_configured_smtp(imap_settings, factory, doveco
     smtp_sink.clear()
     assert outbox.job_send_outbox(imap_settings, factory)["sent"] == 1
     assert smtp_sink.wait_for(1)[0].rcpt_tos == ["job@isp.example"]
+
+
+def test_smtp_starttls_verifies_the_certificate(dovecot):
+    """SmtpMailer over STARTTLS against an aiosmtpd server using the test CA's certificate."""
+    import ssl
+
+    from aiosmtpd.controller import Controller
+
+    from tests.services.ports import free_port
+    from tmsi.adapters.mailer import MailerError
+
+    received = []
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):
+            received.append(envelope.content)
+            return "250 OK"
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(dovecot.directory / "cert.pem", dovecot.directory / "key.pem")
+    port = free_port()
+    controller = Controller(
+        Handler(), hostname="127.0.0.1", port=port, tls_context=context, require_starttls=True
+    )
+    controller.start()
+    try:
+        raw = mails.request("203.0.113.250")
+        trusted = SmtpMailer(host="127.0.0.1", port=port, tls="starttls", ca_file=dovecot.ca_file, timeout=10)
+        trusted.send("dul@example.test", ["noc@isp.example"], raw)
+        trusted.close()
+        assert len(received) == 1
+        untrusted = SmtpMailer(host="127.0.0.1", port=port, tls="starttls", timeout=10)
+        with pytest.raises(MailerError, match=r"SSL|certificate"):
+            untrusted.send("dul@example.test", ["noc@isp.example"], raw)
+        plain = SmtpMailer(host="127.0.0.1", port=port, tls="none", timeout=10)
+        with pytest.raises(MailerError) as refused:
+            plain.send("dul@example.test", ["noc@isp.example"], raw)
+        assert refused.value.permanent  # 530 Must issue a STARTTLS command first
+        assert len(received) == 1
+    finally:
+        controller.stop()
