@@ -70,6 +70,22 @@ def test_cidr(text: str, expected: list[str]) -> None:
     assert cidrs(text) == expected
 
 
+def test_slash_between_two_addresses_is_a_list() -> None:
+    assert cidrs("203.0.113.7/203.0.113.8") == ["203.0.113.7/32", "203.0.113.8/32"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["203.0.113.7, .8 and .9", "203.0.113.7 ; .8 & .9", "203.0.113.7, .8, .9.", "203.0.113.7 und .8, .9"],
+)
+def test_last_octet_lists(text: str) -> None:
+    assert cidrs(text) == ["203.0.113.7/32", "203.0.113.8/32", "203.0.113.9/32"]
+
+
+def test_a_sentence_after_an_address_is_not_a_last_octet_list() -> None:
+    assert cidrs("delist 203.0.113.7, .NET framework 4.8 is installed") == ["203.0.113.7/32"]
+
+
 def test_cidr_with_host_bits_is_normalized_and_noted() -> None:
     result = run("block 203.0.113.77/26 please")
     assert result.cidrs == ["203.0.113.64/26"]

@@ -5,7 +5,8 @@ text it came from) or ignored with a reason an analyst can read; masked addresse
 
 Passes run from the most specific notation to the least, each consuming the text it used: DNSBL query
 names under our zone and in-addr/ip6.arpa names (reversed back), rDNS names with a dashed address,
-dash ranges (one line only; the minimal CIDR cover), CIDRs and IPv6, wildcards, dates, single addresses.
+dash ranges (one line only; the minimal CIDR cover), CIDRs and IPv6, wildcards, dates, last-octet lists
+(``203.0.113.7, .8 and .9``), single addresses.
 
 Decisions a reader could not guess:
 
@@ -147,7 +148,13 @@ V4_FULL_RANGE = re.compile(rf"{V4_START}({V4})(?:/(\d{{1,2}}))?{RANGE_SEP}({V4})
 SHORT_SEP = "[ \\t]*(-|~|\\bto\\b|\uff5e|\u81f3|\u5230)[ \\t]*"
 V4_SHORT_RANGE = re.compile(rf"{V4_START}({V4}){SHORT_SEP}(\d{{1,3}}){V4_END}(?![\w*])", re.IGNORECASE)
 V4_BRACKET_RANGE = re.compile(rf"{V4_START}({OCT}\.{OCT}\.{OCT})\.\[(\d{{1,3}})\s*-\s*(\d{{1,3}})\]")
-V4_CIDR = re.compile(rf"{V4_START}({V4})\s?/\s?(\d{{1,2}}|{V4}){V4_END}(?![\w])")
+# A prefix length or a dotted netmask (255.x.x.x): "203.0.113.7/203.0.113.8" is a list, not a mask.
+V4_CIDR = re.compile(rf"{V4_START}({V4})\s?/\s?(\d{{1,2}}|255(?:\.{OCT}){{3}}){V4_END}(?![\w])")
+# "203.0.113.7, .8 and .9": further last octets of the same /24.
+LAST_OCTET_LIST = re.compile(
+    rf"{V4_START}({V4})((?:[ \t]*(?:,|;|&|\band\b|\bund\b|\bet\b|\by\b|\bor\b)[ \t]*\.\d{{1,3}}(?!\.?\d))+)",
+    re.IGNORECASE,
+)
 V4_WILDCARD = re.compile(rf"(?<![\w.*?#-])({ANY_OCT}(?:\.{ANY_OCT}){{3}}){V4_END}(?![\w*?#])")
 V4_SINGLE = re.compile(rf"{V4_START}({V4}){V4_END}")
 V6_END = r"(?![\w:]|\.\d)"
@@ -510,7 +517,7 @@ def _cidrs(c: _Collector) -> None:
         try:
             network = ipaddress.IPv4Network(f"{address}/{prefix_text}", strict=False)
         except ValueError:
-            c.ignore(m.group(0), "not an address")
+            c.ignore(m.group(0), "not an address")  # /33, or 255.0.255.0
             continue
         if network.network_address != address:
             c.note(m.group(0), f"host bits set; using the network {network}")
@@ -569,6 +576,24 @@ def _wildcards(c: _Collector) -> None:
             c.result.masked_samples.append(written)
 
 
+def _last_octet_lists(c: _Collector) -> None:
+    for m in LAST_OCTET_LIST.finditer(c.text):
+        if not c.free(m.start(), m.end()):
+            continue
+        first = _v4(m.group(1))
+        octets = [int(o) for o in re.findall(r"\.(\d{1,3})", m.group(2))]
+        if first is None or any(o > 255 for o in octets):
+            continue
+        c.take(m.start(), m.end())
+        reason = c.context_reason(m.start(), m.start() + len(m.group(1)))
+        if reason:
+            c.ignore(m.group(0), reason)
+            continue
+        base = int(first) & 0xFFFFFF00
+        for address in [first, *(ipaddress.IPv4Address(base | o) for o in octets)]:
+            c.add(_host(address), m.group(0))
+
+
 def _singles(c: _Collector) -> None:
     for m in V4_SINGLE.finditer(c.text):
         if not c.free(m.start(), m.end()):
@@ -611,5 +636,6 @@ def extract_targets(
     _cidrs(c)
     _wildcards(c)
     _dates(c)
+    _last_octet_lists(c)
     _singles(c)
     return c.finish()
