@@ -299,3 +299,20 @@ def test_zone_file_resolver_answers_like_the_server(tmp_path, parent):
         a, b = verify.check_address(offline, address), verify.check_address(live, address)
         assert (a.result, a.headline, a.ptr_names) == (b.result, b.headline, b.ptr_names)
     assert verify.check_address(offline, "203.0.113.9").result == CheckResult.UNVERIFIABLE  # zone not loaded
+
+
+def test_lost_and_forged_replies_are_retried_and_ignored(parent):
+    from tests.services.knot_extra import LossyProxy
+
+    proxy = LossyProxy(parent.host, parent.port, drop_every=5, forge_every=7)
+    try:
+        res = DnsResolver([proxy.nameserver], timeout=0.3, retries=2)
+        summary = verify.verify_network(res, "203.0.113.0/25")
+        assert (summary.passed, summary.failed, summary.unverifiable) == (128, 0, 0)
+        assert proxy.dropped >= 40 and proxy.forged >= 30
+        assert res.stats["timeouts"] == proxy.dropped  # each lost reply cost one retry, nothing more
+        assert res.stats["mismatched"] == proxy.forged  # same id, other question: never taken as the answer
+        retried = [a for r in summary.results for a in r.answers if a.attempts == 2]
+        assert len(retried) == proxy.dropped
+    finally:
+        proxy.close()
