@@ -21,6 +21,7 @@ from flask import (
     Blueprint,
     Response,
     abort,
+    current_app,
     flash,
     g,
     jsonify,
@@ -128,7 +129,8 @@ def queue() -> Any:
         error = str(exc)
         flt = queue_svc.QueueFilter()
     with get_db().factory() as db:
-        page = queue_svc.search(db, flt, user_id=user.id)
+        ttl = 0.0 if current_app.testing else float(current_app.config.get("TMSI_QUEUE_COUNTS_TTL", 5.0))
+        page = queue_svc.search(db, flt, user_id=user.id, counts_ttl=ttl)
         assignees = db.scalars(
             select(User)
             .where(User.active.is_(True), User.role.in_(decide.ASSIGNABLE_ROLES))
