@@ -446,9 +446,16 @@ def sign_in(port: int) -> str:
 
 
 def run_load(
-    port: int, cookie: str, clients: int, total: int, make_path: Callable[[random.Random], str], expect: str
+    port: int,
+    cookie: str,
+    clients: int,
+    total: int,
+    make_path: Callable[[random.Random], str],
+    expect: str,
+    think: float = 0.0,
 ) -> list[float]:
-    """Closed loop: ``clients`` threads each send requests back to back until ``total`` are done."""
+    """``clients`` threads each send requests (back to back, or ``think`` seconds apart on average) until
+    ``total`` are done."""
     latencies: list[float] = []
     lock = threading.Lock()
     remaining = [total]
