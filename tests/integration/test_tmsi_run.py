@@ -156,3 +156,36 @@ def test_demo_shows_cases_verified_failing_and_reverified(tmsi_run: Running) -> 
         ).fetchall()
     assert runs[0][0] == "fail" and runs[-1][0] == "pass"
     assert _stop(tmsi_run) == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        (["run", "--port", "1"], {"TMSI_HUEY_STORAGE": "bogus"}, "TMSI_HUEY_STORAGE"),
+        (["worker"], {"TMSI_DNS_TIMEOUT": "-1"}, "TMSI_DNS_TIMEOUT"),
+        (["run", "--port", "1"], {"TMSI_JOB_INTERVALS": "send_outbox=soon"}, "TMSI_JOB_INTERVALS"),
+        (["worker"], {"TMSI_HUEY_STORAGE": "redis"}, "TMSI_REDIS_URL"),
+        ([], {"TMSI_RETENTION_DAYS": "-5"}, "TMSI_RETENTION_DAYS"),
+    ],
+)
+def test_configuration_errors_name_the_variable_and_exit_2(
+    tmp_path: Path, argv: list[str], env: dict[str, str], expected: str
+) -> None:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TMSI_")}
+    if argv:
+        command = [TMSI, *argv]
+    else:  # gunicorn itself, through our config module
+        command = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "python:tmsi.gunicorn_conf",
+            "--bind",
+            f"127.0.0.1:{free_port()}",
+            "--no-control-socket",
+            "tmsi.wsgi:app",
+        ]
+    done = subprocess.run(command, cwd=tmp_path, env=base | env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert expected in done.stderr and "Traceback" not in done.stderr + done.stdout

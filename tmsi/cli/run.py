@@ -146,6 +146,20 @@ def jobs_run(name: str) -> None:
         sys.exit(1)
 
 
+def _check_worker_settings(settings: Settings) -> None:
+    """What the worker would refuse at its start, refused here before anything is started."""
+    from tmsi.jobs import parse_job_intervals
+
+    try:
+        parse_job_intervals(settings)
+        if settings.huey_storage == "redis" and not settings.redis_url:
+            raise ConfigError(
+                "TMSI_HUEY_STORAGE=redis needs TMSI_REDIS_URL (for example redis://127.0.0.1:6379/0)"
+            )
+    except ConfigError as exc:
+        config_error(exc)
+
+
 # ---- tmsi run ------------------------------------------------------------------------------------
 def wants_demo(settings: Settings, environ: dict[str, str] | os._Environ[str]) -> bool:
     if settings.demo:
@@ -216,6 +230,7 @@ def run(host: str, port: int, web_workers: int, workers: int, demo: bool | None)
         os.environ.update(env)
         settings = settings_or_exit()
     _setup_logging(settings)
+    _check_worker_settings(settings)
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
     env.setdefault("TMSI_BASE_URL", url)
 
