@@ -235,6 +235,13 @@ def test_nested_message_rfc822_body_and_subject_are_text() -> None:
     assert "Client host [203.0.113.177] blocked" in parsed.text
     assert parsed.subject == "Fwd: blocked mail from our customer"
     assert parsed.from_addr == "noc@isp.example"  # the outer sender, not the nested one
+    (forwarded,) = parsed.attachments
+    assert (forwarded.filename, forwarded.content_type, forwarded.scanned) == (
+        "rejected.eml",
+        "message/rfc822",
+        True,
+    )
+    assert forwarded.size > 100 and len(forwarded.sha256) == 64
 
 
 def test_delivery_status_report_is_parsed() -> None:

@@ -21,6 +21,7 @@ from email.message import Message
 from email.parser import BytesParser, HeaderParser
 from email.utils import getaddresses, parsedate_to_datetime
 from html.parser import HTMLParser
+from typing import Any
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 # Text attachments are scanned for addresses up to this size; beyond it only the head is read.
@@ -635,6 +636,25 @@ def _walk_broken_multipart(
     state.text_parts.append(decode_bytes(body.encode("utf-8", "surrogateescape"), charset_hint)[0])
 
 
+def _record_forwarded_message(part: Message, payload: list[Any], filename: str, state: _Walk) -> None:
+    """A mail forwarded as an attachment is listed like one (its bytes re-serialized by the parser,
+    so size and hash describe the content, not necessarily the exact bytes); its text is read too."""
+    nested = next((m for m in payload if isinstance(m, Message)), None)
+    try:
+        data = nested.as_bytes(policy=policy.compat32) if nested is not None else b""
+    except Exception:  # a nested message too broken to serialize is still read below
+        data = b""
+    state.attachments.append(
+        Attachment(
+            filename=filename or "forwarded.eml",
+            content_type="message/rfc822",
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            scanned=True,
+        )
+    )
+
+
 def _walk(message: Message, state: _Walk, charset_hint: str | None, in_report: bool, depth: int) -> None:
     if depth > 30:
         state.defects.append("MIME nesting deeper than 30 levels; rest not read")
@@ -645,6 +665,9 @@ def _walk(message: Message, state: _Walk, charset_hint: str | None, in_report: b
         sub_report = in_report or ctype == "multipart/report"
         payload = message.get_payload()
         if ctype == "message/rfc822" and isinstance(payload, list):
+            filename = _safe_filename(message, charset_hint)
+            if not in_report and _is_attachment(message, filename):
+                _record_forwarded_message(message, payload, filename, state)
             for nested in payload:
                 if not isinstance(nested, Message):
                     continue
