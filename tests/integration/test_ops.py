@@ -292,3 +292,56 @@ def test_request_id_is_echoed_or_generated(client: Any) -> None:
 @pytest.mark.parametrize("path", ["/readyz", "/metrics", "/healthz"])
 def test_ops_endpoints_need_no_sign_in(client: Any, path: str) -> None:
     assert client.get(path).status_code in (200, 503)
+
+
+# ---- long ranges fan out into chunks -----------------------------------------------------------------
+def test_a_long_range_fans_out_into_chunk_tasks(factory: Any, settings: Any, monkeypatch: Any) -> None:
+    from tests.integration.ui_support import make_case
+    from tmsi import jobs
+    from tmsi.models import CaseTarget, DnsCheck, RunStatus, VerificationRun
+
+    monkeypatch.setattr(jobs, "CHUNK_ADDRESSES", 64)  # a /24 stands in for a /16 (documentation ranges only)
+    settings.resolver_kind = "zonefile"
+    settings.resolver_zone_files = [str(p) for p in DEMO_ZONES]
+    reference = make_case(factory, targets=("192.0.2.0/24",), listings=("192.0.2.0/24",))
+    with factory() as s:
+        target_id = s.scalar(select(CaseTarget.id).join(Case).where(Case.reference == reference))
+    calls: list[tuple[Any, ...]] = []
+    real_chunk = jobs.run_target
+
+    def spy(target: str, *args: Any) -> Any:
+        calls.append((target, *args[2:]))
+        return real_chunk(target, *args)
+
+    monkeypatch.setattr(jobs, "run_target", spy)
+    app = build_huey(settings, factory=factory)
+    assert app.tasks["verify_target"](target_id).get() == 4  # four chunk work items were enqueued
+    chunks = sorted(c[2] for c in calls)
+    assert chunks == ["192.0.2.0/26", "192.0.2.128/26", "192.0.2.192/26", "192.0.2.64/26"]
+    with factory() as s:
+        run = s.scalars(select(VerificationRun).where(VerificationRun.target_id == target_id)).one()
+        assert run.status == RunStatus.DONE and run.done == 256 and run.total >= 256
+        assert set(run.summary["chunks"]) == set(chunks)
+        # the demo zone has static names at .25-.27: those pass, the rest of the /24 does not
+        assert run.passed == 3 and run.failed + run.unverifiable == 253
+        assert s.scalar(select(func.count(DnsCheck.id)).where(DnsCheck.run_id == run.id)) >= 253
+    # nothing is left over for the lost-chunk sweep
+    assert jobs.unfinished_chunks(settings, factory) == []
+
+
+def test_chunks_whose_task_was_lost_are_found_again(factory: Any, settings: Any, monkeypatch: Any) -> None:
+    from tests.integration.ui_support import make_case
+    from tmsi import jobs
+    from tmsi.models import CaseTarget, VerificationRun
+    from tmsi.services import verify
+
+    reference = make_case(factory, targets=("192.0.2.0/24",), listings=("192.0.2.0/24",))
+    with factory() as s:
+        target_id = s.scalar(select(CaseTarget.id).join(Case).where(Case.reference == reference))
+    items = verify.job_plan_chunks(settings, factory, target_id, size=128)
+    assert len(items) == 2
+    assert jobs.unfinished_chunks(settings, factory) == []  # just planned: its tasks are still in flight
+    with unit_of_work(factory) as s:  # ... five minutes later, no chunk has reported back
+        run = s.get_one(VerificationRun, items[0][0])
+        run.started_at = utcnow() - timedelta(minutes=6)
+    assert sorted(jobs.unfinished_chunks(settings, factory)) == sorted(items)
