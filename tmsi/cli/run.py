@@ -270,7 +270,7 @@ def run(host: str, port: int, web_workers: int, workers: int, demo: bool | None)
             "-c",
             "python:tmsi.gunicorn_conf",
             "--bind",
-            f"{host}:{port}",
+            f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
             "--workers",
             str(web_workers),
             "--no-control-socket",
