@@ -589,3 +589,60 @@ def test_rdap_cache_row_written_meanwhile_by_another_worker_is_updated(session: 
     svc._store_rdap(session, None, url, {"handle": "NEW"}, later, later)  # it did not see the row
     row = session.get(RdapCache, url)
     assert row is not None and row.data == {"handle": "NEW"}
+
+
+def test_cli_evaluate_prints_the_result_and_commits(
+    factory: sessionmaker[Session],
+    conf: Settings,
+    keys: dict[str, DkimKey],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from click.testing import CliRunner
+
+    from tmsi.cli.authority import authority
+    from tmsi.db import unit_of_work
+
+    raw = delivered(
+        sign(request_body("noc@lsp.example", from_name="abuse@isp.example"), keys["lsp"]),
+        client_ip="198.51.100.66",
+        helo="attacker.test",
+        mailfrom="noc@lsp.example",
+    )
+    with unit_of_work(factory) as session:
+        case = make_case(
+            session, "noc@lsp.example", "192.0.2.7", ptr={"192.0.2.7": ["static-customer-7.isp.example"]}
+        )
+        session.add(
+            Message(
+                case_id=case.id,
+                direction=Direction.IN,
+                dedupe_key="cli-1",
+                content_hash="1" * 64,
+                raw=raw,
+                raw_size=len(raw),
+                to_addrs=[],
+                references=[],
+                headers=[],
+                attachments=[],
+                explain={},
+            )
+        )
+        reference, case_id = case.reference, case.id
+    for name, value in {
+        "DATABASE_URL": conf.database_url,
+        "RESOLVERS": conf.resolvers[0],
+        "RDAP_BASE_URLS": conf.rdap_base_urls[0],
+        "AUTHSERV_IDS": "mx.example.test",
+        "MAILBOX_ADDRESS": "dul@example.test",
+    }.items():
+        monkeypatch.setenv(f"TMSI_{name}", value)
+    out = CliRunner().invoke(authority, ["evaluate", reference])
+    assert out.exit_code == 0, out.output
+    assert f"{reference}: authority fail" in out.output
+    assert "flag lookalike_domain" in out.output and "reply: wrong_sender" in out.output
+    with factory() as session:
+        stored = session.get(Case, case_id)
+        assert stored is not None and stored.authority_result == CheckResult.FAIL
+        assert len(outbox(session, stored)) == 1
+    missing = CliRunner().invoke(authority, ["evaluate", "TMSI-1999-000001"])
+    assert missing.exit_code != 0 and "no case" in missing.output
