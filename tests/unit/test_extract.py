@@ -463,6 +463,12 @@ def test_large_text_is_fast() -> None:
     assert len(result.cidrs) == 250
 
 
+def test_only_the_head_of_a_huge_text_is_read() -> None:
+    result = run("203.0.113.1 " + "x" * 100 + " 203.0.113.2", max_chars=50)
+    assert result.cidrs == ["203.0.113.1/32"]
+    assert result.notes == [("124 characters", "only the first 50 characters were read")]
+
+
 @given(st.text(alphabet="0123456789.:-/*x abcdef\u2013[]()", max_size=80))
 def test_arbitrary_text_never_raises_and_yields_only_public_targets(text: str) -> None:
     result = run(text)

@@ -552,3 +552,13 @@ def test_invalid_content_type_means_plain_text() -> None:
     parsed = parse_message(simple(b"delist 203.0.113.6", ctype="garbage; charset=utf-8"))
     assert parsed.content_type == "text/plain"
     assert parsed.text == "delist 203.0.113.6"
+
+
+def test_huge_inline_text_is_read_only_in_its_head() -> None:
+    line = b"Nov 29 10:00:00 mx postfix/smtpd[123]: connect from unknown[203.0.113.9]\r\n"
+    body = line * (20 * 1024 * 1024 // len(line))
+    started = time.perf_counter()
+    parsed = parse_message(simple(body))
+    assert time.perf_counter() - started < 20
+    assert len(parsed.text) <= 8 * 1024 * 1024
+    assert any("read only in its first 8 MiB" in defect for defect in parsed.defects)

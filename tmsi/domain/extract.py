@@ -65,6 +65,8 @@ _NON_TARGETS: list[tuple[IPNetwork, str]] = [
 ]
 GLOBAL_V6 = ipaddress.IPv6Network("2000::/3")
 
+MAX_TEXT_CHARS = 2_000_000
+
 # Every reason an ``ignored`` entry can carry.
 IGNORE_REASONS = (
     "private",
@@ -626,10 +628,17 @@ def extract_targets(
     dnsbl_zone: str = "",
     max_prefix_v4: int = 16,
     max_prefix_v6: int = 48,
+    max_chars: int = MAX_TEXT_CHARS,
 ) -> ExtractedTargets:
-    """Every delisting target named in ``text``; see the module docstring for what is not a target."""
+    """Every delisting target named in ``text``; see the module docstring for what is not a target.
+
+    Only the first ``max_chars`` characters are read (a pasted mail log must not stall ingest); a note
+    says so when the text was longer.
+    """
     own = [n if not isinstance(n, str) else ipaddress.ip_network(n, strict=False) for n in own_networks]
-    c = _Collector(normalize_text(text), own, max_prefix_v4, max_prefix_v6)
+    c = _Collector(normalize_text(text[:max_chars]), own, max_prefix_v4, max_prefix_v6)
+    if len(text) > max_chars:
+        c.note(f"{len(text)} characters", f"only the first {max_chars} characters were read")
     _reverse_names(c, dnsbl_zone)
     _dashed_hosts(c)
     _ranges(c)

@@ -26,6 +26,8 @@ from typing import Any
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 # Text attachments are scanned for addresses up to this size; beyond it only the head is read.
 MAX_SCANNED_TEXT_BYTES = 2 * 1024 * 1024
+# Inline text and HTML parts are read up to this size (a 20 MB log pasted inline stays bounded).
+MAX_INLINE_TEXT_BYTES = 8 * 1024 * 1024
 TEXT_ATTACHMENT_SUFFIXES = (".txt", ".csv", ".tsv", ".log", ".text", ".lst")
 TEXT_ATTACHMENT_TYPES = frozenset({"text/plain", "text/csv", "text/tab-separated-values", "text/x-csv"})
 
@@ -726,7 +728,9 @@ def _walk(message: Message, state: _Walk, charset_hint: str | None, in_report: b
             state.text_parts.append(decode_bytes(head, declared)[0])
         return
 
-    data = _payload_digest(message, state, None)[2]
+    size, _sha, data = _payload_digest(message, state, MAX_INLINE_TEXT_BYTES)
+    if size > MAX_INLINE_TEXT_BYTES:
+        state.defects.append(f"{ctype} part of {size} bytes read only in its first 8 MiB")
     if ctype == "text/rfc822-headers" or (in_report and ctype == "message/rfc822"):
         headers = HeaderParser(policy=policy.compat32).parsestr(decode_bytes(data, declared)[0])
         if not state.returned_headers:
