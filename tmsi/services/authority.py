@@ -245,12 +245,17 @@ def envelope_sender(headers: Sequence[tuple[str, str]], trust: TrustedResults) -
 
 
 # --- direct checks ------------------------------------------------------------------------------------
+_EVIDENCE_TAGS = frozenset({"d", "s", "a", "h", "i"})
+
+
 def _tags(value: str) -> dict[str, str]:
+    """The DKIM-Signature tags the evidence shows (not b=/bh=, which are long and say nothing to a reader)."""
     out: dict[str, str] = {}
     for part in value.split(";"):
         key, sep, val = part.partition("=")
-        if sep:
-            out[key.strip().lower()] = "".join(val.split())
+        key = key.strip().lower()
+        if sep and key in _EVIDENCE_TAGS:
+            out[key] = "".join(val.split())
     return out
 
 
