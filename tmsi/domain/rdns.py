@@ -411,6 +411,7 @@ def _v4_embeddings(name: str, packed: bytes, rules: Rules) -> list[_Embedding]:
         (3, ((octets[1:], "last 3 octets"), (backwards[:3], "last 3 octets reversed"))),
         (3, ((octets[:3], "first 3 octets"), (backwards[1:], "first 3 octets reversed"))),
         (2, ((octets[2:], "last 2 octets"), (backwards[:2], "last 2 octets reversed"))),
+        (2, ((octets[:2], "first 2 octets"), (backwards[2:], "first 2 octets reversed"))),
     ):
         for parts, offsets, values in chains:
             for i in range(len(values) - size + 1):
