@@ -92,7 +92,9 @@ def _parse_ip(text: str) -> tuple[IPAddress | None, str]:
 def listing_status(session: Session, settings: Settings, address: IPAddress) -> dict[str, Any]:
     """Public facts about ``address``: listed or not, since when, why, and when it was last removed."""
     network = ipaddress.ip_network(address)
-    active = find_overlapping(session, network)
+    # one index look-up for both: what lists it now, and when it was last removed
+    ever = find_overlapping(session, network, active_only=False)
+    active = [item for item in ever if item.active]
     data: dict[str, Any] = {
         "ip": str(address),
         "listed": bool(active),
@@ -105,11 +107,7 @@ def listing_status(session: Session, settings: Settings, address: IPAddress) -> 
         "mailbox": settings.mailbox_address,
     }
     if not active:
-        removed = [
-            item.removed_at
-            for item in find_overlapping(session, network, active_only=False)
-            if item.removed_at is not None
-        ]
+        removed = [item.removed_at for item in ever if item.removed_at is not None]
         data["delisted_at"] = max(removed).isoformat() if removed else None
     data["what_to_do"] = what_to_do(settings) if active else []
     return data
