@@ -537,12 +537,13 @@ class DnsResolver:
         )
 
     def for_workers(self, workers: int) -> DnsResolver:
-        """A copy for one of ``workers`` processes sharing the servers: each gets its share of the rate."""
+        """A copy for one of ``workers`` processes sharing the servers: each gets its share of the rate
+        and of the in-flight cap, so that the servers see the configured limits in total."""
         return DnsResolver(
             self.servers,
             timeout=self.timeout,
             retries=self.retries,
-            max_in_flight=self.max_in_flight,
+            max_in_flight=max(1, self.max_in_flight // max(1, workers)),
             rate_limit=self.rate_limit / max(1, workers),
             recursion_desired=self.recursion_desired,
             tcp_workers=self.tcp_workers,
