@@ -1,12 +1,27 @@
-"""The ``tmsi`` command: a Flask CLI group; each feature registers its group here."""
+"""The ``tmsi`` command: a Flask CLI group. Feature groups are listed here and imported only when used,
+so ``tmsi rdns classify`` or ``tmsi mail explain`` start without loading the ORM or the web app."""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
+import click
 from flask.cli import FlaskGroup
 
-from tmsi.cli import authority, db, listings, mail, rdns, run, users
+# name → (module, attribute). Our `run` (web + worker + scheduler) replaces Flask's development `run`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "authority": ("tmsi.cli.authority", "authority"),
+    "db": ("tmsi.cli.db", "db"),
+    "demo": ("tmsi.cli.run", "demo"),
+    "jobs": ("tmsi.cli.run", "jobs"),
+    "listings": ("tmsi.cli.listings", "listings"),
+    "mail": ("tmsi.cli.mail", "mail"),
+    "rdns": ("tmsi.cli.rdns", "rdns"),
+    "run": ("tmsi.cli.run", "run"),
+    "users": ("tmsi.cli.users", "users"),
+    "worker": ("tmsi.cli.run", "worker"),
+}
 
 
 def _create_app() -> Any:
@@ -15,20 +30,21 @@ def _create_app() -> Any:
     return create_app()
 
 
-main = FlaskGroup(
+class TmsiGroup(FlaskGroup):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in COMMANDS:
+            module, attr = COMMANDS[cmd_name]
+            command: click.Command = getattr(importlib.import_module(module), attr)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+main = TmsiGroup(
     create_app=_create_app,
     add_default_commands=True,
     load_dotenv=True,
     help="tmsi: delisting-request case management for a DNS blocklist.",
 )
-main.add_command(db.db)
-main.add_command(listings.listings)
-main.add_command(mail.mail)
-main.add_command(rdns.rdns)
-main.add_command(authority.authority)
-# our `run` (web + worker + scheduler) replaces Flask's development-server `run` on purpose
-main.add_command(run.run)
-main.add_command(run.worker)
-main.add_command(run.jobs)
-main.add_command(users.users)
-main.add_command(run.demo)

@@ -16,7 +16,7 @@ from typing import Any
 
 from publicsuffixlist import PublicSuffixList
 
-from tmsi.models.enums import CheckResult
+from tmsi.enums import CheckResult
 
 # RFC 2606 / RFC 6761 names: not in the Public Suffix List, but real enough for tests and documentation.
 RESERVED_TLDS = frozenset({"example", "test", "invalid", "localhost"})

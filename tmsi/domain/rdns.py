@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from tmsi.domain.networks import IPAddress, NetworkError, parse_address
-from tmsi.models.enums import NameVerdict
+from tmsi.enums import NameVerdict
 
 DEFAULT_RULES_PATH = Path(__file__).resolve().parent.parent / "data" / "rdns_rules.toml"
 
