@@ -43,7 +43,7 @@ def free_port() -> int:
 
 
 # --- 1. data ---------------------------------------------------------------------------------------
-def populate(url: str, count: int) -> tuple[float, list[str]]:
+def populate(url: str, count: int, *, load: bool = True) -> tuple[float, list[str]]:
     from bench.listings import entries, synthetic_networks
     from tmsi.cli.db import upgrade
     from tmsi.db import make_engine, make_sessionmaker, unit_of_work
@@ -61,8 +61,9 @@ def populate(url: str, count: int) -> tuple[float, list[str]]:
         for block in random.Random(5).sample(range(1 << 32), v6_count)
     ]
     started = time.perf_counter()
-    with unit_of_work(factory) as session:
-        import_entries(session, entries(nets))
+    if load:
+        with unit_of_work(factory) as session:
+            import_entries(session, entries(nets))
     seconds = time.perf_counter() - started
     rng = random.Random(3)
     addresses: list[str] = []
@@ -300,6 +301,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--db", default="", help="database URL (default: a temp SQLite file)")
+    parser.add_argument(
+        "--keep", default="", help="work dir to keep (and reuse: its database is not reloaded)"
+    )
     parser.add_argument("--export-child", nargs=2, metavar=("URL", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.export_child:
@@ -308,10 +312,12 @@ def main() -> int:
 
     from tests.services.rbldnsd import rbldnsd_server
 
-    workdir = Path(tempfile.mkdtemp(prefix="tmsi-bench-export-"))
+    workdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="tmsi-bench-export-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     url = args.db or f"sqlite:///{workdir / 'bench.db'}"
+    reuse = bool(args.keep) and (workdir / "bench.db").exists() and not args.db
     try:
-        import_s, addresses = populate(url, args.count)
+        import_s, addresses = populate(url, args.count, load=not reuse)
         print(f"imported {args.count:,} listings in {import_s:.1f} s (setup, not measured)", flush=True)
         zone_dir = workdir / "zone"
         export = run_export(url, zone_dir)
@@ -328,7 +334,8 @@ def main() -> int:
             gunicorn.send_signal(signal.SIGTERM)
             gunicorn.wait(20)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
 
     mb = 1024.0
     lines = [
