@@ -13,6 +13,8 @@ from tests.integration.ui_support import make_case, make_user, token_for
 from tmsi.models import CaseNote
 from tmsi.web.openapi import openapi_document
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def bot(factory):

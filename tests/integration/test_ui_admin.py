@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 
 from tests.integration.ui_support import csrf_from, make_case, signed_in
 from tmsi.models import AuditEvent, ReplyTemplate, Role, User
+
+pytestmark = pytest.mark.integration
 
 
 def test_templates_are_listed_for_everyone_and_edited_by_leads(client, factory):

@@ -22,6 +22,8 @@ from tmsi.db import unit_of_work
 from tmsi.models import ApiToken, AuditEvent, User
 from tmsi.services import users
 
+pytestmark = pytest.mark.integration
+
 
 def test_password_is_argon2_and_login_sets_a_hardened_session(client, factory):
     make_user(factory, "ana@example.test", "analyst")

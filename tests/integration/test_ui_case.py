@@ -36,6 +36,8 @@ from tmsi.models import (
 )
 from tmsi.services import cases
 
+pytestmark = pytest.mark.integration
+
 HOSTILE = '<script>alert("x")</script><img src=x onerror="alert(1)">'
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
 from sqlalchemy import select
 
 from tests.integration.ui_support import csrf_from, form_fields, make_case, make_user, signed_in
 from tmsi.db import unit_of_work
 from tmsi.models import Case, CaseStatus, CheckResult, Message, Resolution
 from tmsi.services import queue
+
+pytestmark = pytest.mark.integration
 
 
 def _refs(html: str) -> list[str]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, func, or_, select, tuple_, union_all
+from sqlalchemy import Select, and_, func, or_, select, tuple_, union_all
 from sqlalchemy.orm import Session
 
 from tmsi.db import utcnow
@@ -138,10 +138,10 @@ def parse_filter(args: Any) -> QueueFilter:
     )
 
 
-def overlapping_targets_query(network: IPNetwork) -> Select[Any]:
-    """SELECT of every case target that covers, equals or lies inside ``network``."""
+def target_overlaps(network: IPNetwork) -> Any:
+    """WHERE clause: the case target covers, equals or lies inside ``network`` (two index look-ups)."""
     version, start, end = network_keys(network)
-    return select(CaseTarget).where(
+    return and_(
         CaseTarget.version == version,
         or_(
             CaseTarget.start_key.between(start, end),
@@ -150,20 +150,20 @@ def overlapping_targets_query(network: IPNetwork) -> Select[Any]:
     )
 
 
+def overlapping_targets_query(network: IPNetwork) -> Select[Any]:
+    """SELECT of every case target that covers, equals or lies inside ``network``."""
+    return select(CaseTarget).where(target_overlaps(network))
+
+
 def cases_overlapping(network: IPNetwork) -> Select[Any]:
     """SELECT of the ids of every case with a target overlapping ``network`` (usable as a subquery)."""
-    version, start, end = network_keys(network)
-    return (
-        select(CaseTarget.case_id)
-        .where(
-            CaseTarget.version == version,
-            or_(
-                CaseTarget.start_key.between(start, end),
-                tuple_(CaseTarget.prefixlen, CaseTarget.start_key).in_(supernet_keys(network)),
-            ),
-        )
-        .distinct()
-    )
+    return select(CaseTarget.case_id).where(target_overlaps(network)).distinct()
+
+
+def has_target_overlapping(network: IPNetwork) -> Any:
+    """Correlated EXISTS for a filter on cases: cheaper than ``IN (cases_overlapping)`` when the network
+    matches most cases, since the queue reads cases in page order and stops early."""
+    return select(CaseTarget.id).where(CaseTarget.case_id == Case.id, target_overlaps(network)).exists()
 
 
 def _like(text: str) -> str:
@@ -203,7 +203,7 @@ def _conditions(f: QueueFilter, user_id: int | None, now: datetime, *, with_stat
             )
         )
     if f.network is not None:
-        cond.append(Case.id.in_(cases_overlapping(f.network)))
+        cond.append(has_target_overlapping(f.network))
     return cond
 
 
