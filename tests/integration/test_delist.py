@@ -24,7 +24,9 @@ def _list(session, *networks: str, reason: str = "generic rDNS") -> None:
 
 def _active(session) -> list[str]:
     rows = session.scalars(select(Listing).where(Listing.active.is_(True)).order_by(Listing.id))
-    return sorted((r.network for r in rows), key=lambda n: ipaddress.ip_network(n))
+    return sorted(
+        (r.network for r in rows), key=lambda n: (ipaddress.ip_network(n).version, ipaddress.ip_network(n))
+    )
 
 
 def test_delisting_one_address_splits_a_slash_24_into_the_minimal_remaining_cidrs(session):
@@ -116,40 +118,46 @@ def test_listing_history_follows_an_address_through_splits(session):
 
 
 # --- property: listed addresses == set arithmetic ------------------------------------------------
-UNIVERSE = ipaddress.ip_network("192.0.2.0/26")  # 64 addresses keep the expectation enumerable
+# 64 addresses per version keep the expectation enumerable; both versions share one sequence.
+UNIVERSES = (ipaddress.ip_network("192.0.2.0/26"), ipaddress.ip_network("2001:db8::/122"))
 
 
 @st.composite
 def small_networks(draw):
-    prefix = draw(st.integers(min_value=26, max_value=32))
-    size = 2 ** (32 - prefix)
+    universe = draw(st.sampled_from(UNIVERSES))
+    host = universe.max_prefixlen
+    prefix = draw(st.integers(min_value=host - 6, max_value=host))
+    size = 2 ** (host - prefix)
     index = draw(st.integers(min_value=0, max_value=64 // size - 1))
-    return ipaddress.ip_network((int(UNIVERSE.network_address) + index * size, prefix))
+    return ipaddress.ip_network((int(universe.network_address) + index * size, prefix))
+
+
+def _addresses(net) -> set[tuple[int, int]]:
+    return {(net.version, a) for a in range(int(net.network_address), int(net.broadcast_address) + 1)}
 
 
 operations = st.lists(
-    st.tuples(st.sampled_from(["list", "delist"]), small_networks()), min_size=1, max_size=12
+    st.tuples(st.sampled_from(["list", "delist"]), small_networks()), min_size=1, max_size=14
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=operations)
 def test_listed_addresses_equal_set_arithmetic(session, ops):
     savepoint = session.begin_nested()
     try:
-        expected: set[int] = set()
+        expected: set[tuple[int, int]] = set()
         for op, net in ops:
-            addresses = set(range(int(net.network_address), int(net.broadcast_address) + 1))
             if op == "list":
                 _list(session, str(net))
-                expected |= addresses
+                expected |= _addresses(net)
             else:
                 delist(session, net, request_export=False)
-                expected -= addresses
+                expected -= _addresses(net)
         active = [ipaddress.ip_network(n) for n in _active(session)]
-        actual: set[int] = set()
+        actual: set[tuple[int, int]] = set()
         for n in active:
-            span = set(range(int(n.network_address), int(n.broadcast_address) + 1))
+            span = _addresses(n)
             assert not (actual & span), f"overlapping active listings: {active}"
             actual |= span
         assert actual == expected

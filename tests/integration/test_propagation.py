@@ -224,3 +224,25 @@ def test_regression_watch_flags_a_regressed_address_with_evidence_and_never_reli
     with unit_of_work(factory) as session:
         delisting = session.scalars(select(Delisting).where(Delisting.case_id == case_id)).one()
         assert delisting.regression_status == "regressed"  # "could not check" changes nothing
+
+
+def test_regression_watch_with_the_real_verification_against_knot(factory, loop_settings, knot):
+    """The default check is the verification service: a delisted address whose PTR went back to a
+    generic dynamic name (192.0.2.8 in the standard test zones) is flagged; a static one is not."""
+    settings = loop_settings
+    settings.resolvers = [knot.nameserver]
+    settings.regression_interval_days = 1
+    dynamic_case = _open_case(factory, "192.0.2.0/28", "192.0.2.8")
+    _delist_and_queue_reply(factory, settings, dynamic_case, "192.0.2.8")
+    static_case = _open_case(factory, "192.0.2.0/28", "192.0.2.7")
+    _delist_and_queue_reply(factory, settings, static_case, "192.0.2.7")
+    export.run_pending_export(settings, factory, force=True)
+    with unit_of_work(factory) as session:
+        summary = propagation.regression_watch(session, settings, now=utcnow() + timedelta(days=2))
+    assert len(summary["regressed"]) == 1 and len(summary["ok"]) == 1
+    with unit_of_work(factory) as session:
+        rows = {d.case_id: d for d in session.scalars(select(Delisting))}
+        assert rows[dynamic_case].regression_status == "regressed"
+        (failing,) = rows[dynamic_case].regression_evidence["failing"]
+        assert failing["ip"] == "192.0.2.8" and failing["ptr"] == ["dyn-192-0-2-8.pool.isp.example."]
+        assert rows[static_case].regression_status == "ok"
