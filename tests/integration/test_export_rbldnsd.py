@@ -151,3 +151,13 @@ def test_exported_lines_match_the_domain_rendering(session, settings):
         )
         assert path.read_text() == "".join(expected)
         assert oct(path.stat().st_mode & 0o777) == "0o644"
+
+
+def test_a_run_lost_with_its_worker_is_marked_failed(factory, settings):
+    long_ago = utcnow() - timedelta(hours=3)
+    with unit_of_work(factory) as session:
+        session.add(ExportRun(requested_at=long_ago, started_at=long_ago, status="running", reason="lost"))
+    assert export.run_pending_export(settings, factory) == {"exported": False}
+    with unit_of_work(factory) as session:
+        (run,) = session.scalars(select(ExportRun)).all()
+        assert run.status == "failed" and "abandoned" in (run.error or "")

@@ -246,3 +246,24 @@ def test_regression_watch_with_the_real_verification_against_knot(factory, loop_
         (failing,) = rows[dynamic_case].regression_evidence["failing"]
         assert failing["ip"] == "192.0.2.8" and failing["ptr"] == ["dyn-192-0-2-8.pool.isp.example."]
         assert rows[static_case].regression_status == "ok"
+
+
+def test_a_dead_server_costs_one_timeout_per_pass_not_one_per_question(factory, loop_settings, dead_dns):
+    import time
+
+    settings = loop_settings
+    settings.dnsbl_nameservers = [dead_dns.nameserver]
+    settings.dns_timeout = 0.5
+    case_id = _open_case(factory, "198.51.100.0/24", "198.51.100.0/24")
+    with unit_of_work(factory) as session:
+        case = session.get(Case, case_id)
+        (target,) = case.targets
+        for last in range(0, 40, 4):  # ten delistings, three probes each
+            decide.delist(session, case, ANALYST, [(target, ipaddress.ip_network(f"198.51.100.{last}/30"))])
+    export.run_pending_export(settings, factory, force=True, confirm_wait=0)
+    started = time.monotonic()
+    with unit_of_work(factory) as session:
+        report = propagation.check_propagation(session, settings)
+    elapsed = time.monotonic() - started
+    assert len(report.pending) == 10
+    assert elapsed < 3 * settings.dns_timeout, elapsed  # 30 questions answered by timeouts in parallel

@@ -34,6 +34,7 @@ YIELD_PER = 20_000
 WRITE_BUFFER = 1 << 20
 HOOK_TIMEOUT = 300.0
 CONFIRM_WAIT_SECONDS = 10.0
+STALE_RUN_SECONDS = 2 * HOOK_TIMEOUT + 600
 
 
 @dataclass
@@ -266,8 +267,25 @@ def signal_rbldnsd(pidfile: Path | str) -> bool:
 
 
 # --- the job ---------------------------------------------------------------------------------------
+def _abandon_stale_runs(session: Session, now: datetime) -> None:
+    """A run still ``running`` long after any export could take was lost with its worker: mark it failed
+    (its delistings were never linked to it, so the next run carries them)."""
+    session.execute(
+        update(ExportRun)
+        .where(
+            ExportRun.status == RunStatus.RUNNING.value,
+            ExportRun.started_at < now - timedelta(seconds=STALE_RUN_SECONDS),
+        )
+        .values(
+            status=RunStatus.FAILED.value, finished_at=now, error="abandoned: the export worker was lost"
+        ),
+        execution_options={"synchronize_session": False},
+    )
+
+
 def _claim(factory: sessionmaker[Session], settings: Settings, now: datetime, force: bool) -> int | None:
     with unit_of_work(factory) as session:
+        _abandon_stale_runs(session, now)
         run = session.scalar(
             select(ExportRun)
             .where(ExportRun.status == RunStatus.PENDING.value)

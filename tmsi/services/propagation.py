@@ -16,6 +16,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -36,7 +37,8 @@ CLOSING_TEMPLATE = "delisted"
 # pending: not yet confirmed; confirmed: NXDOMAIN everywhere; failed: deadline passed;
 # unchecked: no DNSBL servers configured, nothing to wait for.
 DONE_STATUSES = frozenset({"confirmed", "unchecked"})
-BATCH = 500
+BATCH = 200
+PROBE_THREADS = 32
 UNVERIFIABLE_RETRY = timedelta(days=1)
 
 Answer = Literal["listed", "not_listed", "error"]
@@ -119,20 +121,32 @@ def _due_delistings(session: Session, limit: int) -> list[Delisting]:
     )
 
 
-def probe_delisting(
-    settings: Settings, delisting: Delisting, probe: Probe
-) -> tuple[bool, dict[str, dict[str, str]]]:
-    """(gone everywhere?, {nameserver: {address: "answer: detail"}})."""
-    network = ipaddress.ip_network(delisting.network)
-    seen: dict[str, dict[str, str]] = {}
-    gone = True
-    for nameserver in settings.dnsbl_nameservers:
-        seen[nameserver] = {}
-        for address in sample_addresses(network):
-            answer, detail = probe(nameserver, address, settings.dnsbl_zone, settings.dns_timeout)
-            seen[nameserver][str(address)] = f"{answer}: {detail}"
-            gone = gone and answer == "not_listed"
-    return gone, seen
+def probe_all(
+    settings: Settings, delistings: Sequence[Delisting], probe: Probe
+) -> dict[int, tuple[bool, dict[str, dict[str, str]]]]:
+    """Probe every (delisting, server, sample address) at once, in a thread pool: a dead server costs
+    one timeout per pass, not one per question. Returns {delisting id: (gone everywhere?, answers)}."""
+    questions = [
+        (row.id, nameserver, address)
+        for row in delistings
+        for nameserver in settings.dnsbl_nameservers
+        for address in sample_addresses(ipaddress.ip_network(row.network))
+    ]
+
+    def ask(question: tuple[int, str, IPAddress]) -> tuple[Answer, str]:
+        _id, nameserver, address = question
+        return probe(nameserver, address, settings.dnsbl_zone, settings.dns_timeout)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(PROBE_THREADS, len(questions)))) as pool:
+        answers = list(pool.map(ask, questions))
+    out: dict[int, tuple[bool, dict[str, dict[str, str]]]] = {
+        row.id: (True, {ns: {} for ns in settings.dnsbl_nameservers}) for row in delistings
+    }
+    for (row_id, nameserver, address), (answer, detail) in zip(questions, answers, strict=True):
+        gone, seen = out[row_id]
+        seen[nameserver][str(address)] = f"{answer}: {detail}"
+        out[row_id] = (gone and answer == "not_listed", seen)
+    return out
 
 
 def check_propagation(
@@ -147,7 +161,9 @@ def check_propagation(
     probe = probe or probe_dnsbl
     report = PropagationReport()
     cases: set[int] = set()
-    for delisting in _due_delistings(session, limit):
+    due = _due_delistings(session, limit)
+    probed = probe_all(settings, due, probe) if settings.dnsbl_nameservers and due else {}
+    for delisting in due:
         now_i = now or utcnow()
         detail = dict(delisting.propagation_detail or {})
         detail["attempts"] = int(detail.get("attempts", 0)) + 1
@@ -159,7 +175,7 @@ def check_propagation(
             delisting.next_regression_check_at = now_i + timedelta(days=settings.regression_interval_days)
             report.unchecked.append(delisting.id)
         else:
-            gone, seen = probe_delisting(settings, delisting, probe)
+            gone, seen = probed[delisting.id]
             detail["answers"] = seen
             delisting.propagation_detail = detail
             if gone:
