@@ -77,13 +77,15 @@ class AlreadyDone(DecisionError):
 
 # --- guards -------------------------------------------------------------------------------------
 def already_done(session: Session, case_id: int, token: str) -> bool:
-    """Whether an audit event of ``case_id`` carries the form token as its request id."""
+    """Whether an audit event of ``case_id`` was written under this form token (request id ``…~token``)."""
     if not token:
         return False
     return (
         session.scalar(
             select(AuditEvent.id)
-            .where(AuditEvent.case_id == case_id, AuditEvent.request_id == token)
+            .where(
+                AuditEvent.case_id == case_id, AuditEvent.request_id.endswith(f"~{token}", autoescape=True)
+            )
             .limit(1)
         )
         is not None

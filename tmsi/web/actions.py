@@ -6,11 +6,14 @@ work that must wait for the commit (starting a verification) is returned, not do
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import current_app
+from flask import current_app, g
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -19,6 +22,29 @@ from tmsi.models import Case, Resolution, User
 from tmsi.services import cases, decide
 from tmsi.services.decide import DecisionError
 from tmsi.services.users import Actor
+
+_PLAIN_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,23}$")
+
+
+def idempotency_token(raw: str) -> str:
+    """A form's one-time token (or an API Idempotency-Key) in at most 23 safe characters."""
+    raw = raw.strip()
+    if not raw:
+        return ""
+    return raw if _PLAIN_TOKEN.match(raw) else hashlib.sha256(raw.encode()).hexdigest()[:23]
+
+
+@contextmanager
+def idempotency_scope(token: str) -> Iterator[None]:
+    """Audit events written inside carry ``<request id>~<token>`` as their request id, so a repeated
+    submit of the same form is recognized (``decide.already_done``); the request id itself is kept."""
+    original = getattr(g, "request_id", "")
+    if token:
+        g.request_id = f"{str(original)[:40]}~{token}"
+    try:
+        yield
+    finally:
+        g.request_id = original
 
 
 class Params:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, abort, current_app, g, jsonify, request
+from flask import Blueprint, abort, current_app, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.orm import Session, undefer
 from sqlalchemy.orm.exc import StaleDataError
@@ -203,12 +203,11 @@ def case_action(reference: str, action: str) -> Any:
     if body is not None and not isinstance(body, dict):
         return _error(400, "invalid_json", "the request body must be a JSON object")
     params = actions.Params(body or {})
-    token = request.headers.get("Idempotency-Key", "")[:64]
-    g.request_id = token
+    token = actions.idempotency_token(request.headers.get("Idempotency-Key", ""))
     settings = get_settings()
     factory = get_db().factory
     try:
-        with unit_of_work(factory) as db:
+        with actions.idempotency_scope(token), unit_of_work(factory) as db:
             case = cases.get_by_reference(db, reference)
             if case is None:
                 abort(404, description=f"there is no case {reference}")

@@ -23,7 +23,6 @@ from flask import (
     abort,
     current_app,
     flash,
-    g,
     jsonify,
     redirect,
     render_template,
@@ -163,10 +162,9 @@ def bulk() -> Any:
     if not refs:
         flash("Select at least one case.", "error")
         return redirect(back)
-    token = params.get("idem")[:64]
-    g.request_id = token
+    token = actions.idempotency_token(params.get("idem"))
     try:
-        with unit_of_work(get_db().factory) as db:
+        with actions.idempotency_scope(token), unit_of_work(get_db().factory) as db:
             chosen = [_case_or_404(db, ref) for ref in refs]
             if op == "assign":
                 assignee = actions._user_param(db, params.get("assignee"), user.actor)
@@ -390,12 +388,11 @@ def case_action(reference: str, name: str) -> Any:
         abort(404, description=f"There is no action {name!r}.")
     user = require_user()
     params = actions.Params(request.form)
-    token = params.get("idem")[:64]
-    g.request_id = token
+    token = actions.idempotency_token(params.get("idem"))
     settings = get_settings()
     factory = get_db().factory
     try:
-        with unit_of_work(factory) as db:
+        with actions.idempotency_scope(token), unit_of_work(factory) as db:
             case = _case_or_404(db, reference)
             outcome = handler(db, settings, case, params, user.actor, token)
     except decide.AlreadyDone as exc:
@@ -428,7 +425,7 @@ def case_reply(reference: str) -> Any:
         "to": params.get("to"),
         "error": "",
     }
-    token = params.get("idem")[:64]
+    token = actions.idempotency_token(params.get("idem"))
     settings = get_settings()
     if params.get("op") != "send":
         with get_db().factory() as db:
@@ -449,9 +446,8 @@ def case_reply(reference: str) -> Any:
             return render_template(
                 "ui/case.html", **_case_context(db, case, compose=compose, preview=preview)
             )
-    g.request_id = token
     try:
-        with unit_of_work(get_db().factory) as db:
+        with actions.idempotency_scope(token), unit_of_work(get_db().factory) as db:
             case = _case_or_404(db, reference)
             outcome = actions.ACTIONS["reply"](db, settings, case, params, user.actor, token)
     except decide.AlreadyDone as exc:
