@@ -285,3 +285,17 @@ def test_users_cli(settings, factory, monkeypatch):
         assert all(t.revoked_at is not None for t in user.tokens)
         assert users.user_for_token(db, token.output.strip()) is None
     assert runner.invoke(main, ["users", "token", "lead@example.test"]).exit_code != 0
+
+
+def test_login_is_rate_limited_per_account_too(app, factory):
+    make_user(factory, "ana@example.test", "analyst")
+    codes = []
+    for i in range(31):  # from 31 different addresses, against one account
+        client = app.test_client()
+        client.environ_base["REMOTE_ADDR"] = f"192.0.2.{i + 1}"
+        codes.append(login(client, "ana@example.test", "bad password").status_code)
+    assert codes[:30] == [401] * 30 and codes[30] == 429
+    other = app.test_client()
+    other.environ_base["REMOTE_ADDR"] = "192.0.2.200"
+    make_user(factory, "bob@example.test", "analyst")
+    assert login(other, "bob@example.test").status_code == 302

@@ -50,6 +50,7 @@ USER_READ_ROLES = frozenset({Role.ADMIN, Role.AUDITOR})
 AUDIT_ROLES = frozenset({Role.LEAD, Role.ADMIN, Role.AUDITOR})
 
 LOGIN_LIMIT = "10 per minute;50 per hour"
+ACCOUNT_LOGIN_LIMIT = "30 per hour"
 
 CSP = "; ".join(
     [
@@ -191,8 +192,14 @@ def _safe_next(target: str | None) -> str:
     return target
 
 
+def _login_account() -> str:
+    return "login:" + request.form.get("email", "").strip().lower()[:255]
+
+
 @bp.route("/login", methods=["GET", "POST"])
 @limiter.limit(LOGIN_LIMIT, methods=["POST"])
+# Per account as well: guessing one user's password from many addresses is slowed down too.
+@limiter.limit(ACCOUNT_LOGIN_LIMIT, methods=["POST"], key_func=_login_account)
 def login() -> Any:
     next_url = request.values.get("next", "")
     if request.method == "GET":
