@@ -111,6 +111,8 @@ def _password_tag(user: User) -> str:
 
 def _load_user() -> None:
     g.user = None
+    if request.endpoint in {"static", "ui.static"}:
+        return  # style sheets and scripts are public and need no database round trip
     header = request.headers.get("Authorization", "")
     if header[:7].lower() == "bearer " and request.path.startswith("/api/"):
         with get_db().factory.begin() as db:
