@@ -151,16 +151,20 @@ class MailLoad:
 
 @dataclass
 class UiClient:
+    """A signed-in lead. Each client connects from its own loopback address (127.0.0.N), as distinct
+    users do, so the per-address sign-in rate limit applies to each one separately."""
+
     port: int
     email: str
     think: float
     references: list[str]
+    source: str = "127.0.0.1"
     latencies: list[tuple[float, str, float]] = field(default_factory=list)  # (when, page, seconds)
     errors: int = 0
     cookie: str = ""
 
     def _request(self, method: str, path: str, body: str | None = None) -> tuple[int, str, Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30, source_address=(self.source, 0))
         headers = {"Cookie": self.cookie} if self.cookie else {}
         if body is not None:
             headers["Content-Type"] = "application/x-www-form-urlencoded"
@@ -329,7 +333,10 @@ def run(args: argparse.Namespace) -> list[tuple[str, str, str]]:
             references: list[str] = []
             mail = MailLoad(dovecot, mail_user, args.rate)
             stop_ui = threading.Event()
-            clients = [UiClient(port, address, args.think, references) for address in emails]
+            clients = [
+                UiClient(port, address, args.think, references, source=f"127.0.0.{10 + i}")
+                for i, address in enumerate(emails)
+            ]
             threads = [threading.Thread(target=mail.run, daemon=True)]
             threads += [
                 threading.Thread(target=c.run, args=(stop_ui, i), daemon=True) for i, c in enumerate(clients)
@@ -367,6 +374,7 @@ def run(args: argparse.Namespace) -> list[tuple[str, str, str]]:
                     workers_mb,
                 )
 
+            load_at_start = os.getloadavg()[0]
             t0 = time.monotonic()
             for thread in threads:
                 thread.start()
@@ -467,7 +475,11 @@ def run(args: argparse.Namespace) -> list[tuple[str, str, str]]:
             f"{warm[0].workers_mb:.0f} / {samples[-1].workers_mb:.0f} MB",
             "flat",
         ),
-        ("load average (1 min) at end", f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", ""),
+        (
+            "load average (1 min): before the load / at end",
+            f"{load_at_start:.2f} / {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs",
+            "",
+        ),
     ]
     return rows
 
@@ -517,6 +529,8 @@ def main() -> None:
     parser.add_argument("--web-workers", type=int, default=2)
     parser.add_argument("--write-readme", action="store_true", help="append the table to bench/README.md")
     args = parser.parse_args()
+    # SIGTERM/SIGINT unwind through the finally blocks, which stop every process the run started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rows = run(args)
     print(table(rows))
     if args.write_readme:
