@@ -267,3 +267,70 @@ def test_a_dead_server_costs_one_timeout_per_pass_not_one_per_question(factory, 
     elapsed = time.monotonic() - started
     assert len(report.pending) == 10
     assert elapsed < 3 * settings.dns_timeout, elapsed  # 30 questions answered by timeouts in parallel
+
+
+def test_the_analysts_closing_reply_waits_for_propagation_too(factory, loop_settings, rbldnsd, smtp_sink):
+    """decide.send_reply (the reply form) knows nothing of propagation; the reply is held all the same,
+    released once rbldnsd answers NXDOMAIN, and only then reaches the SMTP server."""
+    settings = loop_settings
+    smtp_sink.clear()
+    case_id = _open_case(factory, "203.0.113.0/24", "203.0.113.50")
+    with unit_of_work(factory) as session:
+        export.export_zone(session, settings)
+    server = rbldnsd(ZONE, settings.zone_dir)
+    settings.dnsbl_nameservers = [server.nameserver]
+    settings.export_hook = f"kill -HUP {server.pid}"
+    with unit_of_work(factory) as session:
+        case = session.get(Case, case_id)
+        (target,) = case.targets
+        decide.delist(session, case, ANALYST, [(target, ipaddress.ip_network("203.0.113.50"))])
+    with unit_of_work(factory) as session:
+        case = session.get(Case, case_id)
+        row = decide.send_reply(session, settings, case, ANALYST, template="delisted")
+        row_id = row.id
+    held = _outbox(factory, row_id)
+    assert (held.status, held.hold_reason) == (OutboxStatus.HELD, "propagation")
+    job_send_outbox(settings, factory)
+    assert smtp_sink.messages == []
+
+    done = export.run_pending_export(settings, factory, force=True)
+    assert done["propagation"]["released"] == [row_id]
+    assert server.query("203.0.113.50") is None and server.query("203.0.113.51") == ["127.0.0.2"]
+    assert job_send_outbox(settings, factory)["sent"] == 1
+    smtp_sink.wait_for(1)
+    assert "203.0.113.50" in smtp_sink.parsed(0).get_content()
+    with unit_of_work(factory) as session:
+        actions = [e.action for e in session.scalars(select(AuditEvent).where(AuditEvent.case_id == case_id))]
+        assert (
+            actions.index("reply.held")
+            < actions.index("delisting.propagated")
+            < actions.index("reply.released")
+        )
+
+
+def test_other_replies_are_not_held(factory, loop_settings):
+    settings = loop_settings
+    case_id = _open_case(factory, "192.0.2.0/24", "192.0.2.99")
+    with unit_of_work(factory) as session:
+        case = session.get(Case, case_id)
+        (target,) = case.targets
+        decide.delist(session, case, ANALYST, [(target, ipaddress.ip_network("192.0.2.99"))])
+        row = decide.send_reply(session, settings, case, ANALYST, template="ask_information")
+        row_id = row.id
+    assert _outbox(factory, row_id).status == OutboxStatus.PENDING
+
+
+def test_in_an_app_without_dnsbl_servers_the_reply_is_not_held(app, factory, settings):
+    settings.dnsbl_nameservers = []
+    case_id = _open_case(factory, "192.0.2.0/24", "192.0.2.98")
+    with app.app_context(), unit_of_work(factory) as session:
+        case = session.get(Case, case_id)
+        (target,) = case.targets
+        decide.delist(session, case, ANALYST, [(target, ipaddress.ip_network("192.0.2.98"))])
+        row_id = decide.send_reply(session, settings, case, ANALYST, template="delisted").id
+    assert _outbox(factory, row_id).status == OutboxStatus.PENDING
+    settings.dnsbl_nameservers = ["127.0.0.1:5399"]
+    with app.app_context(), unit_of_work(factory) as session:
+        case = session.get(Case, case_id)
+        row_id = decide.send_reply(session, settings, case, ANALYST, template="delisted").id
+    assert _outbox(factory, row_id).status == OutboxStatus.HELD
