@@ -327,7 +327,7 @@ def main() -> None:
                         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     print()
     print(
-        "| database | messages | mail MiB | seconds | messages/s | CPU ms/message | new cases | acks queued | "
+        "| database | messages | mail MiB | seconds | messages/s | CPU ms/message | new cases | acks | "
         "quarantined | RSS at start MiB | max RSS while polling MiB | peak RSS (VmHWM) MiB |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
