@@ -334,3 +334,22 @@ def test_in_an_app_without_dnsbl_servers_the_reply_is_not_held(app, factory, set
         case = session.get(Case, case_id)
         row_id = decide.send_reply(session, settings, case, ANALYST, template="delisted").id
     assert _outbox(factory, row_id).status == OutboxStatus.HELD
+
+
+def test_a_delisting_no_export_ever_carries_fails_visibly(factory, loop_settings):
+    settings = loop_settings
+    settings.dnsbl_nameservers = ["127.0.0.1:5399"]
+    case_id = _open_case(factory, "192.0.2.0/24", "192.0.2.97")
+    row_id = _delist_and_queue_reply(factory, settings, case_id, "192.0.2.97")
+    with unit_of_work(factory) as session:
+        assert propagation.check_propagation(session, settings).failed == []  # within the deadline
+    later = utcnow() + timedelta(seconds=settings.propagation_deadline_seconds + 5)
+    with unit_of_work(factory) as session:
+        report = propagation.check_propagation(session, settings, now=later)
+        assert len(report.failed) == 1
+        event = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "delisting.propagation_failed")
+        ).one()
+        assert "no zone export" in event.detail["why"]
+        assert session.get(Case, case_id).flags["propagation_failed"] == ["192.0.2.97/32"]
+    assert _outbox(factory, row_id).status == OutboxStatus.HELD

@@ -11,7 +11,6 @@ import contextlib
 import logging
 import os
 import shlex
-import signal
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
@@ -254,16 +253,6 @@ def run_hook(settings: Settings, result: ExportResult) -> str:
     if proc.returncode != 0:
         raise ExportHookError(f"export hook exited {proc.returncode}: {output}")
     return output
-
-
-def signal_rbldnsd(pidfile: Path | str) -> bool:
-    """SIGHUP an rbldnsd by pid file (a ready-made hook for a local server); False if it is not running."""
-    try:
-        pid = int(Path(pidfile).read_text().split()[0])
-        os.kill(pid, signal.SIGHUP)
-    except (OSError, ValueError, IndexError):
-        return False
-    return True
 
 
 # --- the job ---------------------------------------------------------------------------------------

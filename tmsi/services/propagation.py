@@ -198,6 +198,9 @@ def check_propagation(
                 continue
         if delisting.case_id is not None:
             cases.add(delisting.case_id)
+    for delisting in _never_exported(session, settings, now or utcnow(), limit):
+        _fail(session, delisting, {}, why="no zone export carried it before the deadline")
+        report.failed.append(delisting.id)
     for case_id in sorted(cases):
         case = session.get(Case, case_id)
         if case is not None:
@@ -221,7 +224,29 @@ def _confirm(session: Session, settings: Settings, delisting: Delisting, now: da
     )
 
 
-def _fail(session: Session, delisting: Delisting, seen: dict[str, dict[str, str]]) -> None:
+def _never_exported(session: Session, settings: Settings, now: datetime, limit: int) -> list[Delisting]:
+    """Pending delistings no export has carried within the deadline (the export job is not running)."""
+    cutoff = now - timedelta(seconds=settings.propagation_deadline_seconds)
+    return list(
+        session.scalars(
+            select(Delisting)
+            .where(
+                Delisting.propagation_status == "pending",
+                Delisting.export_id.is_(None),
+                Delisting.at < cutoff,
+            )
+            .order_by(Delisting.id)
+            .limit(limit)
+        )
+    )
+
+
+def _fail(
+    session: Session,
+    delisting: Delisting,
+    seen: dict[str, dict[str, str]],
+    why: str = "our DNSBL servers still list it after the deadline",
+) -> None:
     delisting.propagation_status = "failed"
     audit.record(
         session,
@@ -233,6 +258,7 @@ def _fail(session: Session, delisting: Delisting, seen: dict[str, dict[str, str]
         after={"propagation_status": "failed"},
         detail={
             "network": delisting.network,
+            "why": why,
             "deadline": delisting.propagation_deadline.isoformat()
             if delisting.propagation_deadline
             else None,
@@ -243,7 +269,7 @@ def _fail(session: Session, delisting: Delisting, seen: dict[str, dict[str, str]
         case = session.get(Case, delisting.case_id)
         if case is not None:
             _flag(case, "propagation_failed", delisting.network)
-    log.error("delisting %s of %s did not propagate before its deadline", delisting.id, delisting.network)
+    log.error("delisting %s of %s failed to propagate: %s", delisting.id, delisting.network, why)
 
 
 def _flag(case: Case, key: str, network: str) -> None:
