@@ -101,9 +101,10 @@ def test_main_path(
     # Verify now: the engine checks the 4 addresses against Knot; the page polls the progress.
     page.click("#verify-button")
     page.wait_for_selector(".flash.success")
-    # The page's script polls the progress and reloads once the run is done: the verdicts appear.
-    expect(page.locator("#targets-table")).to_contain_text("static-customer-7.isp.example", timeout=30000)
+    # The page's script polls the progress; when the run is done it offers the fresh page with the verdicts.
+    expect(page.locator("#verify-done")).to_be_visible(timeout=30000)
     expect(page.locator("span.run-text").first).to_contain_text("done")
+    page.click("#verify-done-link")
     page.wait_for_load_state("load")
     verdicts = page.inner_text("#targets-table")
     assert "192.0.2.7" in verdicts and "static-customer-7.isp.example" in verdicts

@@ -293,11 +293,13 @@ def _case_context(db: Session, case: Case, **extra: Any) -> dict[str, Any]:
     ).all()
     templates = db.scalars(select(ReplyTemplate).order_by(ReplyTemplate.key)).all()
     merged_into = db.get(Case, case.merged_into_id) if case.merged_into_id else None
+    target_views = _targets_view(db, case)
     context = {
         "case": case,
+        "last_run_id": max((run.id for item in target_views for run in item["runs"]), default=0),
         "messages": messages,
         "attachments": attachments,
-        "targets": _targets_view(db, case),
+        "targets": target_views,
         "outbox": outbox_rows,
         "notes": notes,
         "timeline": timeline,
@@ -359,6 +361,7 @@ def case_progress(reference: str) -> Any:
             for run in db.scalars(select(VerificationRun).where(VerificationRun.id.in_(latest))):
                 items.append(
                     {
+                        "id": run.id,
                         "target_id": run.target_id,
                         "network": run.network,
                         "status": run.status.value,
@@ -409,7 +412,9 @@ def case_action(reference: str, name: str) -> Any:
         return redirect(url_for("ui.case_page", reference=reference))
     how = actions.after_commit(outcome, settings, factory, user.actor)
     flash(outcome.message + (f" ({how})" if how else ""), "success")
-    return redirect(url_for("ui.case_page", reference=outcome.reference))
+    # After "verify now" the page watches for the new run even if it has not started yet.
+    watch = 1 if outcome.verify_ids else None
+    return redirect(url_for("ui.case_page", reference=outcome.reference, watch=watch))
 
 
 @bp.post("/cases/<reference>/reply")

@@ -29,24 +29,36 @@
     });
   }
 
-  // Case page: live progress of running verifications (poll the JSON endpoint; reload once they finish).
+  // Case page: live progress of verifications (poll the JSON endpoint; offer the fresh page once a run has finished).
+  // A run counts when it was running at render time, or is newer than any run the page shows; after
+  // "verify now" (?watch=1) the page keeps polling for up to a minute until the new run appears.
   var table = document.querySelector("[data-progress-url]");
   if (table) {
     var url = table.getAttribute("data-progress-url");
-    var sawRunning = false;
+    var sawRunning = table.getAttribute("data-running") === "1";
+    var watching = table.getAttribute("data-watch") === "1";
+    var lastRun = parseInt(table.getAttribute("data-last-run") || "0", 10);
+    var started = Date.now();
     var poll = function () {
       fetch(url, { credentials: "same-origin", headers: { "Accept": "application/json" } })
         .then(function (r) { return r.ok ? r.json() : null; })
         .then(function (data) {
           if (!data) { return; }
+          var newRun = false;
           data.runs.forEach(function (run) {
+            if (run.id > lastRun) { newRun = true; }
             var bar = document.querySelector('progress.run-progress[data-target-id="' + run.target_id + '"]');
             var text = document.querySelector('span.run-text[data-target-id="' + run.target_id + '"]');
             if (bar) { bar.max = Math.max(run.total, 1); bar.value = run.done; }
             if (text) { text.textContent = run.done + "/" + run.total + " " + run.status + (run.status === "done" ? " (" + run.result + ")" : ""); }
           });
           if (data.running) { sawRunning = true; window.setTimeout(poll, 1000); }
-          else if (sawRunning || document.body.dataset.expectRun === "1") { window.location.reload(); }
+          else if (sawRunning || newRun) {
+            // Never reload by itself (the analyst may be typing): offer the fresh page instead.
+            var done = document.getElementById("verify-done");
+            if (done) { done.hidden = false; }
+          }
+          else if (watching && Date.now() - started < 60000) { window.setTimeout(poll, 1000); }
         })
         .catch(function () { window.setTimeout(poll, 5000); });
     };
