@@ -149,3 +149,14 @@ def test_case_is_untouched_by_public_lookups(client, listed, factory):
     with unit_of_work(factory) as session:
         case = session.get(Case, listed)
         assert case.requester_email == "private@isp.example"
+
+
+def test_check_against_an_unreachable_resolver_says_could_not_check(app, listed, dead_dns):
+    settings = app.config["TMSI"]
+    settings.resolvers = [dead_dns.nameserver]
+    settings.dns_timeout, settings.dns_retries = 0.2, 0
+    app.config["WTF_CSRF_ENABLED"] = False
+    response = app.test_client().post("/lookup/check", data={"ip": "198.51.100.77"})
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert "could not be checked" in page and "not clearly static" not in page
