@@ -54,6 +54,8 @@ def test_main_path(
     base, _app = live_server
     page = chromium_page
     page.on("dialog", lambda dialog: dialog.accept())
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
     ARTIFACTS.mkdir(exist_ok=True)
     smtp_sink.clear()
     make_user(factory, "ana@example.test", "analyst")
@@ -77,6 +79,17 @@ def test_main_path(
         add_message(
             db,
             case,
+            subject="HTML only",
+            body="",
+            html='<p id="hello">Hello</p><script>window.parent.__pwned = 3</script>'
+            '<img src="http://192.0.2.1/track.png" onerror="window.parent.__pwned = 4">'
+            '<iframe src="http://192.0.2.1/"></iframe>',
+            message_id="<html-1@isp.example>",
+            minutes_ago=5,
+        )
+        add_message(
+            db,
+            case,
             subject="Please delist our range",
             body="We fixed 192.0.2.7, please delist.",
             message_id="<req-7@isp.example>",
@@ -97,6 +110,11 @@ def test_main_path(
     assert page.inner_text("#case-reference") == ref
     assert page.evaluate("window.__pwned") is None  # hostile subject and name are inert text
     assert "<script>window.__pwned" in page.inner_text("#case-subject")
+    # The HTML-only message: sanitized, in a sandboxed frame, no script runs and nothing remote loads.
+    frame = page.frame_locator("iframe.mail-html")
+    expect(frame.locator("p")).to_have_text("Hello")  # nh3 keeps the paragraph, drops the id
+    assert page.evaluate("window.__pwned") is None
+    assert not [u for u in requested if "192.0.2.1" in u], requested
 
     # Verify now: the engine checks the 4 addresses against Knot; the page polls the progress.
     page.click("#verify-button")
