@@ -17,9 +17,10 @@ threads = int(os.environ.get("TMSI_WEB_THREADS", "4"))
 timeout = 60
 graceful_timeout = 10
 keepalive = 5
-accesslog = "-"
+# The app writes the access log itself (tmsi.access, with the request id and case id); gunicorn's own
+# would be written after the request's context is gone.
+accesslog = None
 errorlog = "-"
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
 
 
 def on_starting(server: Any) -> None:

@@ -345,3 +345,23 @@ def test_chunks_whose_task_was_lost_are_found_again(factory: Any, settings: Any,
         run = s.get_one(VerificationRun, items[0][0])
         run.started_at = utcnow() - timedelta(minutes=6)
     assert sorted(jobs.unfinished_chunks(settings, factory)) == sorted(items)
+
+
+def test_access_log_is_structured_and_carries_the_request_id(client: Any) -> None:
+    import io
+    import json
+
+    from tmsi.logging import configure_logging
+
+    stream = io.StringIO()
+    configure_logging("INFO", json_logs=True, stream=stream)
+    try:
+        client.get("/api/v1/listings?ip=192.0.2.1", headers={"X-Request-ID": "req-77"})
+        client.get("/healthz")  # health probes are logged at debug level only
+    finally:
+        configure_logging("INFO", json_logs=False)
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    access = [r for r in records if r["logger"] == "tmsi.access"]
+    assert len(access) == 1, records
+    assert access[0]["request_id"] == "req-77" and access[0]["path"] == "/api/v1/listings"
+    assert access[0]["method"] == "GET" and isinstance(access[0]["duration_ms"], float)

@@ -48,6 +48,8 @@ from tmsi.models import (
 
 bp = Blueprint("ops", __name__)
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("tmsi.access")
+QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 CHECK_TIMEOUT = 1.5
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -59,6 +61,7 @@ def _bind_request_id() -> None:
     incoming = request.headers.get("X-Request-ID", "")
     rid = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
     g.request_id = rid
+    g._tmsi_started = time.perf_counter()
     g._tmsi_rid_token = request_id_var.set(rid)
     case_id = (request.view_args or {}).get("case_id") or (request.view_args or {}).get("reference")
     if case_id is not None:
@@ -70,6 +73,26 @@ def _send_request_id(response: Response) -> Response:
     rid = getattr(g, "request_id", "")
     if rid:
         response.headers["X-Request-ID"] = rid
+    started = getattr(g, "_tmsi_started", None)
+    if started is not None:
+        # The access log is written here, inside the request, so it carries the request id (and the case).
+        ms = (time.perf_counter() - started) * 1000
+        level = logging.DEBUG if request.path in QUIET_PATHS else logging.INFO
+        access_log.log(
+            level,
+            "%s %s %s %.1fms",
+            request.method,
+            request.full_path.rstrip("?"),
+            response.status_code,
+            ms,
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": response.status_code,
+                "duration_ms": round(ms, 1),
+                "remote_addr": request.remote_addr or "",
+            },
+        )
     return response
 
 
