@@ -338,9 +338,11 @@ def main() -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
     mb = 1024.0
+    database = "PostgreSQL" if url.startswith("postgresql") else "SQLite"
     lines = [
         f"Data: {args.count:,} listings ({export['count_v4']:,} IPv4 in an ip4set, "
-        f"{export['count_v6']:,} IPv6 in an ip6trie), SQLite; {len(addresses):,} query addresses, "
+        f"{export['count_v6']:,} IPv6 in an ip6trie), {database}; "
+        f"{len(addresses):,} query addresses, "
         "half inside listings "
         f"({listed} of a 500-address sample listed, web and DNS agreeing on every one). 2 CPU cores shared "
         "by server and load generator, loopback.",
