@@ -353,3 +353,15 @@ def test_a_delisting_no_export_ever_carries_fails_visibly(factory, loop_settings
         assert "no zone export" in event.detail["why"]
         assert session.get(Case, case_id).flags["propagation_failed"] == ["192.0.2.97/32"]
     assert _outbox(factory, row_id).status == OutboxStatus.HELD
+
+
+def test_probe_accepts_a_named_server(rbldnsd, tmp_path):
+    data = tmp_path / "zone"
+    data.mkdir()
+    (data / "dul.ip4set").write_text(":127.0.0.2:Dynamic IP $\n192.0.2.10\n")
+    server = rbldnsd(ZONE, data)
+    listed = propagation.probe_dnsbl(
+        f"localhost:{server.port}", ipaddress.ip_address("192.0.2.10"), ZONE, 2.0
+    )
+    gone = propagation.probe_dnsbl(f"localhost:{server.port}", ipaddress.ip_address("192.0.2.11"), ZONE, 2.0)
+    assert listed == ("listed", "127.0.0.2") and gone == ("not_listed", "NXDOMAIN")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -62,6 +63,16 @@ def dnsbl_name(address: IPAddress, zone: str) -> str:
     return address.reverse_pointer[: -len(suffix)] + "." + zone.rstrip(".")
 
 
+def _server_address(host: str, port: int) -> str:
+    """An IP literal for ``host`` (a server may be named, e.g. ``rbldnsd:53`` in a compose network)."""
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        return str(infos[0][4][0])
+
+
 def probe_dnsbl(nameserver: str, address: IPAddress, zone: str, timeout: float) -> tuple[Answer, str]:
     """Ask one of our DNSBL servers whether ``address`` is listed: (answer, detail)."""
     import dns.exception
@@ -76,8 +87,9 @@ def probe_dnsbl(nameserver: str, address: IPAddress, zone: str, timeout: float) 
     query = dns.message.make_query(dnsbl_name(address, zone), "A")
     query.flags &= ~dns.flags.RD
     try:
-        response = dns.query.udp(query, host, port=port, timeout=timeout)
-    except (dns.exception.DNSException, OSError) as exc:
+        where = _server_address(host, port)
+        response = dns.query.udp(query, where, port=port, timeout=timeout)
+    except (dns.exception.DNSException, OSError, ValueError) as exc:
         return "error", f"{type(exc).__name__}: {exc}"
     rcode = response.rcode()
     if rcode == dns.rcode.NXDOMAIN:
