@@ -29,6 +29,7 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import Engine
 
+from tests.services.plugin import require_or_skip
 from tests.services.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -52,7 +53,7 @@ def _reachable(host: str, port: int) -> bool:
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     if not _reachable("127.0.0.1", 5432):
-        pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
+        require_or_skip("PostgreSQL is not running on 127.0.0.1:5432")
     name = f"tmsi_workers_{uuid.uuid4().hex[:8]}"
     admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -72,7 +73,7 @@ def pg_url() -> Iterator[str]:
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     if not _reachable("127.0.0.1", 6379):
-        pytest.skip("Redis is not running on 127.0.0.1:6379")
+        require_or_skip("Redis is not running on 127.0.0.1:6379")
     import redis
 
     url = f"redis://127.0.0.1:6379/{REDIS_DB}"
