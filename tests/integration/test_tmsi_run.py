@@ -145,7 +145,7 @@ def test_demo_shows_cases_verified_failing_and_reverified(tmsi_run: Running) -> 
             passed_after_fix = time.monotonic() - started
             break
         time.sleep(2)
-    assert seen.get("192.0.2.25/32") == {"pass"}, seen
+    assert "pass" in seen.get("192.0.2.25/32", set()) and "fail" not in seen["192.0.2.25/32"], seen
     assert "fail" in seen.get("203.0.113.200/32", set()), seen
     assert {"fail", "pass"} <= seen.get("198.51.100.77/32", set()), (seen, tmsi_run.text()[-3000:])
     assert passed_after_fix is not None and passed_after_fix < 100
