@@ -225,8 +225,39 @@ def run_http(port: int, addresses: list[str], seconds: float, clients: int) -> d
     }
 
 
+def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A private redis-server on a free loopback port for the rate-limit storage (as in production)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("redis-server did not start")
+
+
 def start_gunicorn(
-    url: str, port: int, workers: int, threads: int, instance: Path
+    url: str, port: int, workers: int, threads: int, instance: Path, ratelimit_storage: str = "memory://"
 ) -> subprocess.Popen[bytes]:
     env = dict(
         os.environ,
@@ -237,6 +268,7 @@ def start_gunicorn(
         TMSI_INSTANCE_PATH=str(instance),
         TMSI_DNSBL_ZONE=ZONE,
         TMSI_PUBLIC_LOOKUP_RATE_LIMIT="100000000 per minute",
+        TMSI_RATELIMIT_STORAGE_URL=ratelimit_storage,
         TMSI_LOG_LEVEL="WARNING",
     )
     proc = subprocess.Popen(
@@ -304,6 +336,9 @@ def main() -> int:
     parser.add_argument(
         "--keep", default="", help="work dir to keep (and reuse: its database is not reloaded)"
     )
+    parser.add_argument(
+        "--redis", action="store_true", help="rate-limit storage in a private redis-server (as in production)"
+    )
     parser.add_argument("--export-child", nargs=2, metavar=("URL", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.export_child:
@@ -324,7 +359,8 @@ def main() -> int:
         print(f"exported in {export['seconds']:.2f} s", flush=True)
         export2 = run_export(url, zone_dir)  # a re-export over existing files (the usual case)
         port = free_port()
-        gunicorn = start_gunicorn(url, port, args.workers, args.threads, workdir / "instance")
+        redis, storage = start_redis(workdir) if args.redis else (None, "memory://")
+        gunicorn = start_gunicorn(url, port, args.workers, args.threads, workdir / "instance", storage)
         try:
             with rbldnsd_server(ZONE, zone_dir) as server:
                 listed = cross_check(port, server, addresses[:500])
@@ -333,6 +369,9 @@ def main() -> int:
         finally:
             gunicorn.send_signal(signal.SIGTERM)
             gunicorn.wait(20)
+            if redis is not None:
+                redis.terminate()
+                redis.wait(10)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -360,7 +399,8 @@ def main() -> int:
         f"| rbldnsd (DNS, dnsperf -c 4 -q 200, {args.seconds} s) | same addresses | {dns['qps']:,.0f} q/s | "
         f"avg {dns['avg_ms']:.2f} ms, {dns['lost']:.0f} lost |",
         f"| `GET /api/v1/lookup` (gunicorn {args.workers} workers x {args.threads} threads, {args.clients} "
-        f"keep-alive clients, {args.seconds} s) | same addresses | {web['rps']:,.0f} req/s | median "
+        f"keep-alive clients, {args.seconds} s, rate limits in {storage.split(':')[0]}) | same addresses | "
+        f"{web['rps']:,.0f} req/s | median "
         f"{web['median_ms']:.2f} ms, p95 {web['p95_ms']:.2f} ms, {web['errors']:.0f} errors |",
     ]
     lines.append("")
