@@ -365,3 +365,50 @@ def test_access_log_is_structured_and_carries_the_request_id(client: Any) -> Non
     assert len(access) == 1, records
     assert access[0]["request_id"] == "req-77" and access[0]["path"] == "/api/v1/listings"
     assert access[0]["method"] == "GET" and isinstance(access[0]["duration_ms"], float)
+
+
+# ---- the CLI runs the same job functions ---------------------------------------------------------------
+def test_cli_jobs_list_and_run(factory: Any, database_url: str, tmp_path: Path, monkeypatch: Any) -> None:
+    import json
+    import os
+
+    from click.testing import CliRunner
+
+    from tmsi.cli import main
+
+    for key in [k for k in os.environ if k.startswith("TMSI_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("TMSI_DATABASE_URL", database_url)
+    monkeypatch.setenv("TMSI_RETENTION_DAYS", "30")
+    monkeypatch.setenv("TMSI_INSTANCE_PATH", str(tmp_path))
+    with unit_of_work(factory) as s:
+        _case_with_mail(s, closed_days_ago=60, raw=b"Subject: x\r\n\r\ny")
+    runner = CliRunner()
+    listed = runner.invoke(main, ["jobs", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert "purge_raw_mail" in listed.output and "every   86400s  on" in listed.output
+    ran = runner.invoke(main, ["jobs", "run", "purge_raw_mail"])
+    assert ran.exit_code == 0, ran.output
+    outcome = json.loads(ran.output.strip().splitlines()[-1])
+    assert outcome["ran"] is True and "messages=1" in outcome["result"]
+    unknown = runner.invoke(main, ["jobs", "run", "no_such_job"])
+    assert unknown.exit_code == 2 and "unknown job" in unknown.output
+
+
+def test_cli_demo_fill_mailbox_delivers_the_samples(tmp_path: Path, monkeypatch: Any) -> None:
+    import mailbox as mailbox_mod
+
+    from click.testing import CliRunner
+
+    from tmsi.cli import main
+
+    monkeypatch.setenv("TMSI_MAILBOX_KIND", "maildir")
+    monkeypatch.setenv("TMSI_MAILDIR_PATH", str(tmp_path / "md"))
+    result = CliRunner().invoke(main, ["demo", "fill-mailbox"])
+    assert result.exit_code == 0, result.output
+    box = mailbox_mod.Maildir(str(tmp_path / "md"), create=False)
+    subjects = sorted(str(m["Subject"]) for m in box)
+    assert len(subjects) == 6 and any("198.51.100.77" in s for s in subjects)
+    monkeypatch.setenv("TMSI_MAILBOX_KIND", "none")
+    refused = CliRunner().invoke(main, ["demo", "fill-mailbox"])
+    assert refused.exit_code == 2
