@@ -363,3 +363,20 @@ def test_ed25519_signatures_verify_and_unknown_algorithms_are_permerrors() -> No
     bogus = raw.replace(b"a=ed25519-sha256", b"a=rsa-sha999", 1)
     [odd] = svc.verify_dkim(bogus, svc.header_fields(bogus), dns)
     assert odd.result == "permerror"
+
+
+def test_rdap_is_not_asked_for_an_unauthenticated_message(conf: Settings) -> None:
+    raw = delivered(
+        request_body("noc@isp.example"),
+        client_ip="198.51.100.66",
+        helo="attacker.test",
+        mailfrom="noc@isp.example",
+        our_results="spf=fail smtp.mailfrom=noc@isp.example",
+    )
+    targets = [("203.0.113.5/32", PtrFacts(["host-203-0-113-5.dsl.carrier.example"], "ok", "verification"))]
+    result = svc.evaluate_authority(raw, targets, conf, StaticDns(), no_rdap)
+    assert result.result == CheckResult.FAIL
+    assert result.targets[0].evidence["rdap"] == {
+        "status": "not_checked",
+        "note": "not asked: the message is not authenticated",
+    }

@@ -724,7 +724,10 @@ def evaluate_authority(
     for network, ptr in targets:
         ptr_match = bool(ptr.names) and {registered_domain(n) for n in ptr.names} == {sender_reg}
         rdap = RdapFacts("not_checked", [], {})
-        if not ptr_match and sender_reg and sender_reg not in freemail:
+        if authenticity.result != CheckResult.PASS:
+            # the sender is not proven, so its entitlement cannot help: spare the registries the query
+            rdap.evidence["note"] = "not asked: the message is not authenticated"
+        elif not ptr_match and sender_reg and sender_reg not in freemail:
             rdap = rdap_lookup(network)
         ent = decide_entitlement(
             sender.address,
