@@ -17,7 +17,6 @@ from sqlalchemy.orm import Session
 from tmsi.db import utcnow
 from tmsi.domain.networks import IPAddress, IPNetwork, exclude, network_keys, parse_network
 from tmsi.models import Case, CaseTarget, Delisting, Listing, ListingEvent, ListingEventKind
-from tmsi.services import propagation  # noqa: F401  (holds any closing reply until the delisting propagates)
 
 
 @dataclass

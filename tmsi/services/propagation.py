@@ -22,14 +22,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import event, exists, select
+from sqlalchemy import exists, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from tmsi.config import Settings
 from tmsi.db import unit_of_work, utcnow
 from tmsi.domain.networks import IPAddress, IPNetwork
 from tmsi.models import (
-    AuditEvent,
     Case,
     CheckResult,
     Delisting,
@@ -374,69 +373,6 @@ def release_held_replies(
                 released.append(closing.id)
     session.flush()
     return released
-
-
-def _closed_loop_configured() -> bool:
-    """In a Flask app: does its configuration name DNSBL servers to confirm against? Elsewhere (jobs,
-    CLI, services called directly) the hold applies; the propagation check releases it after export."""
-    try:
-        from flask import current_app, has_app_context
-    except ImportError:  # pragma: no cover - flask is a dependency
-        return True
-    if not has_app_context():
-        return True
-    settings = current_app.config.get("TMSI")
-    return bool(getattr(settings, "dnsbl_nameservers", True))
-
-
-def _hold_closing_replies(session: Session, _context: Any, _instances: Any) -> None:
-    """Whoever queues the closing reply ("delisted, effective now"), it waits for propagation.
-
-    A new PENDING outbox row with the ``delisted`` template, for a case whose delistings are not yet
-    confirmed on our DNSBL servers, is held (``hold_reason='propagation'``) and released by the check.
-    Explicit callers use :func:`queue_closing_reply`; this catches every other path (the analyst's reply
-    form, the API) so that the promise in the reply is never sent early. Retrying a held row still sends it.
-    In a web request of an app without ``dnsbl_nameservers`` there is no loop to wait for: nothing is held.
-    """
-    if not _closed_loop_configured():
-        return
-    new = [
-        row
-        for row in session.new
-        if isinstance(row, OutboxMessage)
-        and row.template_key == CLOSING_TEMPLATE
-        and row.case_id is not None
-        and row.status in (None, OutboxStatus.PENDING)
-    ]
-    for row in new:
-        with session.no_autoflush:
-            waiting = session.scalar(
-                select(Delisting.id)
-                .where(Delisting.case_id == row.case_id, Delisting.propagation_status.not_in(DONE_STATUSES))
-                .limit(1)
-            )
-        if waiting is None:
-            continue
-        row.status = OutboxStatus.HELD
-        row.hold_reason = HOLD_REASON
-        row.next_attempt_at = None
-        session.add(
-            AuditEvent(
-                at=utcnow(),
-                actor=audit.SYSTEM,
-                action="reply.held",
-                case_id=row.case_id,
-                object_type="outbox",
-                object_id=(row.message_id_header or "")[:64],
-                before={},
-                after={"status": "held", "hold_reason": HOLD_REASON},
-                detail={"why": "the delisting is not yet confirmed on our DNSBL servers"},
-                request_id="",
-            )
-        )
-
-
-event.listen(Session, "before_flush", _hold_closing_replies)
 
 
 # --- jobs ------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from tmsi.config import Settings
 from tmsi.db import utcnow
 from tmsi.models import Case, Direction, Message, OutboxMessage, ReplyTemplate
-from tmsi.services import audit, outbox
+from tmsi.services import audit, outbox, propagation
 
 _ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
@@ -159,6 +159,10 @@ def queue_reply(
     """
     now = now or utcnow()
     automatic = actor == audit.SYSTEM
+    if hold_reason is None and key == propagation.CLOSING_TEMPLATE and settings.dnsbl_nameservers:
+        # "Delisted, effective now" must not leave before our DNSBL servers stop listing the addresses;
+        # the propagation check releases the row (see tmsi.services.propagation).
+        hold_reason = propagation.hold_reason_for(session, case)
     recipient = (to or case.requester_email).strip()
     rendered = render_reply(session, case, key, settings, extra)
     if subject is not None:
@@ -224,4 +228,15 @@ def queue_reply(
             "held": hold_reason or "",
         },
     )
+    if hold_reason:
+        audit.record(
+            session,
+            action="reply.held",
+            actor=actor,
+            actor_id=actor_id,
+            case=case,
+            object_type="outbox",
+            object_id=row.id,
+            after={"status": "held", "hold_reason": hold_reason},
+        )
     return row

@@ -17,7 +17,6 @@ from tmsi.app import get_db, get_settings
 from tmsi.config import Settings
 from tmsi.domain.networks import IPAddress, NetworkError, parse_address
 from tmsi.domain.zone import lookup_url
-from tmsi.services import propagation  # noqa: F401  (web processes hold closing replies too)
 from tmsi.services.listings import find_overlapping
 from tmsi.web.extensions import limiter
 
