@@ -16,7 +16,7 @@ from tmsi.models import Role
 from tmsi.services.dashboard import build_dashboard
 from tmsi.web.auth import role_required
 
-bp = Blueprint("dashboard", __name__)
+bp = Blueprint("dashboard", __name__, static_folder="dashboard_static", static_url_path="/dashboard/static")
 
 LEAD_ROLES = frozenset({Role.LEAD, Role.ADMIN, Role.AUDITOR})
 WINDOWS = (7, 30, 90)
