@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from tmsi.config import Settings
-from tmsi.domain.authres import dmarc_verdict, parse_authentication_results, trusted_results
+from tmsi.domain.authority_headers import dmarc_verdict, evaluate_trust
+from tmsi.domain.authres import parse_authentication_results
 from tmsi.domain.classify import (
     AUTO_REPLY,
     BOUNCE,
@@ -577,7 +578,7 @@ def test_dmarc_verdict_trusts_only_our_topmost_results(
 
 
 def test_no_trusted_ids_means_nothing_is_trusted() -> None:
-    assert trusted_results([("Authentication-Results", AR_OURS_PASS)], []) == []
+    assert evaluate_trust([("Authentication-Results", AR_OURS_PASS)], []).trusted == ()
 
 
 def test_forged_result_below_a_foreign_one_is_ignored() -> None:
@@ -606,7 +607,8 @@ def test_cli_explain_prints_one_object_per_file(monkeypatch: pytest.MonkeyPatch,
     assert lines[0]["kind"] == "request"
     assert lines[0]["authentic"] is True
     assert lines[0]["targets"] == ["198.51.100.0/26", "203.0.113.7/32"]
-    assert tuple(lines[0]) == EXPLAIN_FIELDS
+    assert tuple(lines[0]) == (*EXPLAIN_FIELDS, "authority")
+    assert lines[0]["authority"]["result"] in {"pass", "fail", "none", "unverifiable"}
     assert set(lines[1]) == {"file", "error"} and "cannot read" in lines[1]["error"]
     assert set(lines[2]) == {"file", "error"} and "cannot parse" in lines[2]["error"]
 
@@ -633,9 +635,32 @@ def test_cli_explain_with_a_bad_setting_is_a_usage_error(
 def test_explain_file_survives_a_failing_message(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
     import tmsi.cli.mail as cli_mail
 
-    def broken(raw: bytes, file: str, settings: Any) -> dict[str, Any]:
+    def broken(raw: bytes, file: str, settings: Any, annotate: Any = None) -> dict[str, Any]:
         raise RuntimeError("boom")
 
     monkeypatch.setattr(cli_mail, "explain", broken)
     result = cli_mail.explain_file(str(FIXTURES / "spam.eml"), settings)
     assert result == {"file": str(FIXTURES / "spam.eml"), "error": "cannot explain: RuntimeError: boom"}
+
+
+def test_forged_result_below_a_hop_that_helos_as_our_mx_is_ignored() -> None:
+    """The HELO name is the client's choice: only the recorded client address makes a hop internal."""
+    headers = [
+        (
+            "Received",
+            "from mx.example.test (unknown [198.51.100.99]) by mx.example.test with ESMTP id 1; "
+            "Sun, 29 Nov 2026 10:00:00 +0000",
+        ),
+        ("Authentication-Results", "mx.example.test; dmarc=pass header.from=isp.example"),
+        ("From", "noc@isp.example"),
+    ]
+    assert dmarc_verdict(headers, ["mx.example.test"])[0] is None
+    internal = [
+        (
+            "Received",
+            "from mx.example.test (localhost [127.0.0.1]) by mx.example.test with ESMTP id 2; "
+            "Sun, 29 Nov 2026 10:00:01 +0000",
+        ),
+        *headers[1:],
+    ]
+    assert dmarc_verdict(internal, ["mx.example.test"])[0] is True

@@ -18,8 +18,12 @@ def explain_file(path: str, settings: Any) -> dict[str, Any]:
         raw = Path(path).read_bytes()
     except OSError as exc:
         return {"file": path, "error": f"cannot read: {exc.strerror or exc}"}
+    from tmsi.services.authority import authority_summary
+
     try:
-        return explain(raw, path, settings)
+        return explain(
+            raw, path, settings, annotate=lambda parsed: {"authority": authority_summary(parsed, settings)}
+        )
     except Exception as exc:  # a bug on one message must not hide the explanation of the others
         return {"file": path, "error": f"cannot explain: {type(exc).__name__}: {exc}"}
 
@@ -33,7 +37,8 @@ def mail() -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=True))
 def explain_cmd(files: tuple[str, ...]) -> None:
     """Print, for each FILE (an RFC 822 message), one JSON object per line: kind, whether we would
-    acknowledge it, the targets, masked addresses, the thread reference, DMARC authenticity and reasons.
+    acknowledge it, the targets, masked addresses, the thread reference, DMARC authenticity, reasons, and
+    the authority view (our MTA's trusted results, sender flags; no network look-ups).
     Nothing is written to the database."""
     try:
         settings = load_settings()

@@ -9,7 +9,7 @@ the authority check agree on which fields are ours). What this adds:
 * every field that was *not* trusted and why (a foreign authserv-id, or our id below the trusted zone,
   that is, possibly forged), for the analyst.
 
-The rule (same as ``authres.trusted_results``). A relay prepends its trace fields, so reading top-down:
+The rule. A relay prepends its trace fields, so reading top-down:
 fields our infrastructure added on receipt, the boundary ``Received``, then everything the sender and
 earlier relays wrote, including any Authentication-Results forged with our authserv-id. Walking from the
 top, trace fields, our Authentication-Results and ``Received`` fields of internal hops (both ends ours)
@@ -185,3 +185,28 @@ def evaluate_trust(
         for f in untrusted
     )
     return TrustedResults(tuple(trusted), tuple(untrusted), tuple(foreign), boundary, zone_end, tuple(notes))
+
+
+def dmarc_verdict(
+    headers: Iterable[tuple[str, str]],
+    authserv_ids: Iterable[str],
+    own_hosts: Iterable[str] = (),
+    own_networks: Sequence[Any] = (),
+) -> tuple[bool | None, str]:
+    """(True on dmarc=pass, False on dmarc=fail, else None; and a reason) from the Authentication-Results
+    this module's trust rule accepts as our own MTA's."""
+    trust = evaluate_trust(headers, authserv_ids, own_hosts, own_networks)
+    if not trust.trusted:
+        return None, "no Authentication-Results from our MTA"
+    for field in trust.trusted:
+        for res in field.results:
+            if res.method != "dmarc":
+                continue
+            domain = res.props.get("header.from", "")
+            where = f" for {domain}" if domain else ""
+            if res.result == "pass":
+                return True, f"dmarc=pass{where} by {field.authserv_id}"
+            if res.result == "fail":
+                return False, f"dmarc=fail{where} by {field.authserv_id}"
+            return None, f"dmarc={res.result}{where} by {field.authserv_id}"
+    return None, "no DMARC result from our MTA"

@@ -7,7 +7,6 @@ a value that is not an Authentication-Results header at all yields no results ra
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 TOKEN = re.compile(r'[^\s;=()"]+')
@@ -134,72 +133,3 @@ TRACE_FIELDS = frozenset(
 )
 RECEIVED_BY = re.compile(r"\bby\s+([^\s;()]+)", re.IGNORECASE)
 RECEIVED_FROM = re.compile(r"^\s*from\s+([^\s;()]+)(.*?)(?=\bby\b|;|$)", re.IGNORECASE | re.DOTALL)
-
-
-def _received_hop(value: str) -> tuple[str, str, bool]:
-    """(from host, by host, from side is loopback) of a Received field."""
-    unfolded = " ".join(value.split())
-    by = RECEIVED_BY.search(unfolded)
-    frm = RECEIVED_FROM.search(unfolded)
-    from_part = frm.group(0) if frm else ""
-    loopback = bool(re.search(r"\[(?:127\.\d+\.\d+\.\d+|IPv6:::1|::1)\]|\blocalhost\b", from_part))
-    return (
-        frm.group(1).lower().rstrip(".") if frm else "",
-        by.group(1).lower().rstrip(".") if by else "",
-        loopback,
-    )
-
-
-def trusted_results(
-    headers: Sequence[tuple[str, str]], authserv_ids: Iterable[str]
-) -> list[tuple[str, list[AuthResult]]]:
-    """The Authentication-Results our own MTA added, topmost first.
-
-    A receiving MTA prepends its fields, so what our infrastructure wrote is the block at the very top:
-    trace fields, our Authentication-Results, and Received fields written by our hosts (an authserv-id
-    is our MTA's host name). The block ends after the Received field of the hop from the outside world,
-    at the first field the sender could have written (From, DKIM-Signature, a Received by a foreign host,
-    ...), and at the first Authentication-Results of another authserv-id. An Authentication-Results with
-    our id further down was written before our MTA saw the message, so it is the sender's and ignored
-    (RFC 8601 section 5 asks MTAs to delete those; not all do).
-    """
-    ours = {a.strip().lower() for a in authserv_ids if a.strip()}
-    found: list[tuple[str, list[AuthResult]]] = []
-    if not ours:
-        return found
-    for name, value in headers:
-        lower = name.strip().lower()
-        if lower == "authentication-results":
-            authserv_id, results = parse_authentication_results(value)
-            if authserv_id not in ours:
-                break
-            found.append((authserv_id, results))
-            continue
-        if lower in TRACE_FIELDS or lower.startswith(("arc-", "x-spam-", "x-rspamd-", "x-amavis")):
-            continue
-        if lower == "received":
-            from_host, by_host, loopback = _received_hop(value)
-            if by_host in ours and (loopback or from_host in ours):
-                continue  # an internal hop between our own hosts
-            break  # the hop from outside (or a Received by a foreign host): nothing below is ours
-        break
-    return found
-
-
-def dmarc_verdict(headers: Sequence[tuple[str, str]], authserv_ids: Iterable[str]) -> tuple[bool | None, str]:
-    """(True on dmarc=pass, False on dmarc=fail, else None; and a reason) from our own MTA's results."""
-    trusted = trusted_results(headers, authserv_ids)
-    if not trusted:
-        return None, "no Authentication-Results from our MTA"
-    for authserv_id, results in trusted:
-        for res in results:
-            if res.method != "dmarc":
-                continue
-            domain = res.props.get("header.from", "")
-            where = f" for {domain}" if domain else ""
-            if res.result == "pass":
-                return True, f"dmarc=pass{where} by {authserv_id}"
-            if res.result == "fail":
-                return False, f"dmarc=fail{where} by {authserv_id}"
-            return None, f"dmarc={res.result}{where} by {authserv_id}"
-    return None, "no DMARC result from our MTA"

@@ -8,11 +8,11 @@ towards silence: a wrong "auto_reply" costs one acknowledgement, a wrong "reques
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from tmsi.domain.authres import dmarc_verdict
+from tmsi.domain.authority_headers import dmarc_verdict
 from tmsi.domain.extract import ExtractedTargets, extract_targets
 from tmsi.domain.mail import MailParseError, ParsedMessage, normalize_message_id, parse_message
 from tmsi.domain.networks import IPNetwork
@@ -222,6 +222,7 @@ def classify_message(
     own_domain: str,
     sent_message_ids_known: bool = False,
     targets: ExtractedTargets | None = None,
+    own_networks: Sequence[Any] = (),
 ) -> Classification:
     """Classify one message.
 
@@ -229,7 +230,7 @@ def classify_message(
     received (a database question this pure function cannot answer). ``targets``: the extraction result,
     when the caller has one; with it, mail naming no address and no listing vocabulary is "spam_or_other".
     """
-    authentic, auth_reason = dmarc_verdict(parsed.headers, authserv_ids)
+    authentic, auth_reason = dmarc_verdict(parsed.headers, authserv_ids, own_networks=own_networks)
     thread_ref = find_thread_ref(parsed.subject)
     result = Classification(
         kind=REQUEST,
@@ -416,8 +417,16 @@ def target_reasons(targets: ExtractedTargets) -> list[str]:
     return reasons
 
 
-def explain(raw: bytes, file: str, settings: ExplainSettings | Any) -> dict[str, Any]:
-    """What ingest would decide for ``raw``, as the fixed ``tmsi mail explain`` object."""
+def explain(
+    raw: bytes,
+    file: str,
+    settings: ExplainSettings | Any,
+    annotate: Callable[[ParsedMessage], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """What ingest would decide for ``raw``, as the fixed ``tmsi mail explain`` object.
+
+    ``annotate`` adds keys after the fixed ones (the CLI adds the offline authority view this way, so this
+    module stays pure)."""
     try:
         parsed = parse_message(raw, max_bytes=settings.max_message_bytes)
     except MailParseError as exc:
@@ -435,6 +444,7 @@ def explain(raw: bytes, file: str, settings: ExplainSettings | Any) -> dict[str,
         authserv_ids=settings.authserv_ids,
         own_domain=settings.mail_domain,
         targets=targets,
+        own_networks=settings.own_networks,
     )
     explain_targets = targets.cidrs if result.kind in (REQUEST, REPLY) else []
     reasons = list(result.reasons)
@@ -449,6 +459,7 @@ def explain(raw: bytes, file: str, settings: ExplainSettings | Any) -> dict[str,
         "thread_ref": result.thread_ref,
         "authentic": result.authentic,
         "reasons": reasons,
+        **(annotate(parsed) if annotate is not None else {}),
     }
 
 

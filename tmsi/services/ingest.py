@@ -183,12 +183,14 @@ def process_message(
     *,
     source: str,
     delivery: Delivery | None = None,
+    defer: bool = False,
     now: datetime | None = None,
 ) -> IngestResult:
     """Store ``raw`` (a Message row, before anything else is decided), then process it.
 
     A message that cannot be parsed, or whose processing fails, stays stored and is quarantined with
     the reason; a message already stored (same dedupe key) only gets one more delivery recorded.
+    With ``defer`` it stays ``stored`` for :func:`process_stored` (workers, in parallel).
     """
     now = now or utcnow()
     raw = bytes(raw)
@@ -225,6 +227,9 @@ def process_message(
     if parsed is None:
         _quarantine(message, f"cannot parse: {error}", parse_error=error, now=now)
         return IngestResult(message_id=message.id, status=message.status.value, error=error)
+    if defer:
+        session.flush()
+        return IngestResult(message_id=message.id, status=message.status.value)
     return _process_guarded(session, message, parsed, settings, now)
 
 
@@ -296,6 +301,8 @@ class Thread:
     case: Case | None = None
     how: str = ""
     known_ids: bool = False
+    # A referenced received message is still ``stored`` (deferred, not processed yet): its case is unknown.
+    waiting_for: int | None = None
 
 
 def find_thread(session: Session, parsed: ParsedMessage, *, exclude_id: int | None = None) -> Thread:
@@ -309,22 +316,27 @@ def find_thread(session: Session, parsed: ParsedMessage, *, exclude_id: int | No
     ids = [mid for mid in ids if mid != parsed.message_id][:50]
     if not ids:
         return Thread()
-    stmt = select(Message.message_id_header, Message.case_id).where(Message.message_id_header.in_(ids))
+    stmt = select(Message.message_id_header, Message.case_id, Message.status, Message.id).where(
+        Message.message_id_header.in_(ids)
+    )
     if exclude_id is not None:
         stmt = stmt.where(Message.id != exclude_id)
     rows = session.execute(stmt).all()
     if not rows:
         return Thread()
     by_id: dict[str, int | None] = {}
-    for mid, case_id in rows:
+    waiting: int | None = None
+    for mid, case_id, status, row_id in rows:
         if case_id is not None or mid not in by_id:
             by_id[mid] = case_id
+        if status == MessageStatus.STORED and case_id is None:
+            waiting = row_id
     for mid in ids:  # In-Reply-To first, then the newest reference
         case_id = by_id.get(mid)
         if case_id is not None:
             case = _follow_merges(session, session.get(Case, case_id))
             return Thread(case, f"In-Reply-To/References {mid}", True)
-    return Thread(None, "", True)
+    return Thread(None, "", True, waiting)
 
 
 def _extract(parsed: ParsedMessage, settings: Settings) -> ExtractedTargets:
@@ -350,6 +362,7 @@ def _process(
         own_domain=settings.mail_domain,
         sent_message_ids_known=thread.known_ids,
         targets=targets,
+        own_networks=settings.own_networks,
     )
     kind = MessageKind(verdict.kind)
     message.kind = kind
@@ -669,6 +682,114 @@ def add_targets(
     return added
 
 
+class NotReady(RuntimeError):
+    """The message refers to a message that is itself still waiting to be processed."""
+
+
+def process_stored(
+    session: Session, message: Message, settings: Settings, *, now: datetime | None = None
+) -> IngestResult:
+    """Process a message the poller stored with ``defer`` (status ``stored``).
+
+    Raises :class:`NotReady` (nothing changed) when it replies to a message not processed yet, so that
+    a reply never opens a case of its own because a parallel worker has not finished the request.
+    """
+    now = now or utcnow()
+    raw = message.raw
+    if raw is None:
+        _quarantine(message, "no raw bytes", now=now)
+        session.flush()
+        return IngestResult(message_id=message.id, status=message.status.value, error="no raw bytes")
+    parsed, error = _parse(raw, settings)
+    if parsed is None:
+        _quarantine(message, f"cannot parse: {error}", parse_error=error, now=now)
+        session.flush()
+        return IngestResult(message_id=message.id, status=message.status.value, error=error)
+    if not find_thread_ref(parsed.subject):
+        thread = find_thread(session, parsed, exclude_id=message.id)
+        if thread.case is None and thread.waiting_for is not None and thread.waiting_for < message.id:
+            raise NotReady(f"message {message.id} waits for message {thread.waiting_for}")
+    return _process_guarded(session, message, parsed, settings, now)
+
+
+@dataclass
+class ProcessReport:
+    processed: int = 0
+    quarantined: int = 0
+    new_cases: int = 0
+    replies: int = 0
+    waiting: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def process_stored_batch(
+    settings: Settings, factory: sessionmaker[Session], *, limit: int = 500
+) -> ProcessReport:
+    """Process up to ``limit`` stored messages, oldest first, each in its own unit of work.
+
+    On PostgreSQL each message is claimed with ``FOR UPDATE SKIP LOCKED`` for the length of its
+    transaction, so several workers run this at once without sharing a message.
+    """
+    report = ProcessReport()
+    skipped: list[int] = []
+    for _ in range(limit):
+        current: int | None = None
+        try:
+            with unit_of_work(factory) as session:
+                stmt = (
+                    select(Message)
+                    .where(Message.status == MessageStatus.STORED, Message.direction == Direction.IN)
+                    .order_by(Message.id)
+                    .limit(1)
+                )
+                if skipped:
+                    stmt = stmt.where(Message.id.not_in(skipped))
+                if session.get_bind().dialect.name == "postgresql":
+                    stmt = stmt.with_for_update(skip_locked=True)
+                message = session.scalar(stmt)
+                if message is None:
+                    break
+                current = message.id
+                # The claim: a conditional write. On SQLite (no row locks) it waits for a concurrent
+                # worker's commit and then matches nothing if that worker took the message.
+                claimed = session.execute(
+                    update(Message)
+                    .where(Message.id == current, Message.status == MessageStatus.STORED)
+                    .values(status=MessageStatus.STORED)
+                    .execution_options(synchronize_session=False)
+                )
+                if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                    skipped.append(current)
+                    continue
+                try:
+                    result = process_stored(session, message, settings)
+                except NotReady:
+                    skipped.append(message.id)
+                    report.waiting += 1
+                    continue
+        except Exception as exc:  # a system failure: leave it stored, report, go on with the others
+            log.exception("processing a stored message failed")
+            report.errors.append(f"{type(exc).__name__}: {exc}")
+            if current is not None:
+                skipped.append(current)
+            continue
+        if result.quarantined:
+            report.quarantined += 1
+        else:
+            report.processed += 1
+        report.new_cases += int(result.new_case)
+        report.replies += len(result.replies)
+    return report
+
+
+def job_process_stored(settings: Settings, factory: sessionmaker[Session]) -> dict[str, Any]:
+    """Scheduled job (any number of workers): process mail the poller stored with ``TMSI_INGEST_DEFER``."""
+    return process_stored_batch(settings, factory).as_dict()
+
+
 def reprocess_message(
     session: Session,
     message_id: int,
@@ -798,6 +919,7 @@ class PollReport:
     processed: int = 0
     quarantined: int = 0
     duplicates: int = 0
+    stored: int = 0  # kept for the workers (TMSI_INGEST_DEFER)
     moved_only: int = 0
     new_cases: int = 0
     replies: int = 0
@@ -938,7 +1060,14 @@ def _ingest_one(
     """One unit of work; returns the message status, or None when it must stay in the folder."""
     try:
         with unit_of_work(factory) as session:
-            result = process_message(session, raw, settings, source=delivery.mailbox, delivery=delivery)
+            result = process_message(
+                session,
+                raw,
+                settings,
+                source=delivery.mailbox,
+                delivery=delivery,
+                defer=settings.ingest_defer,
+            )
             session.execute(
                 update(MailboxCursor)
                 .where(
@@ -964,6 +1093,8 @@ def _ingest_one(
         return MessageStatus.QUARANTINED.value
     if result.duplicate:
         report.duplicates += 1
+    elif result.status == MessageStatus.STORED.value:
+        report.stored += 1
     elif result.quarantined:
         report.quarantined += 1
     else:
