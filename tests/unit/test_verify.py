@@ -55,6 +55,8 @@ def new_case(session, *networks: str, authority: CheckResult = CheckResult.PENDI
     case.authority_result = authority
     for network in networks:
         add_target(session, case, network)
+    for target in case.targets:
+        target.authority_result = authority
     return case
 
 
@@ -295,6 +297,11 @@ def test_settle_case_auto_delists_only_with_policy_and_authority(session, settin
     verify.verify_target(session, proven.targets[0], fake, settings=settings)
     assert verify.settle_case(session, proven, settings, delist=fake_delist) == "delisted"
     assert calls == [(proven.reference, ["192.0.2.7/32"], "system")]
+    flagged = new_case(session, "192.0.2.7/32", authority=CheckResult.PASS)
+    flagged.flags = {"authority_flags": ["lookalike sender domain"]}
+    verify.verify_target(session, flagged.targets[0], fake, settings=settings)
+    assert verify.settle_case(session, flagged, settings, delist=fake_delist) == "ready"
+    assert len(calls) == 1  # a flagged sender is never delisted automatically
 
 
 def test_schedule_exhaustion_asks_the_requester_with_the_failing_addresses(session, settings):

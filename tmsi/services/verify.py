@@ -787,7 +787,9 @@ def settle_case(
         return "unchanged"
     if all(t.status == TargetStatus.PASS for t in checked):
         delist_fn = _default_delist() if delist is True else (delist or None)
-        if settings.auto_delist and case.authority_result == CheckResult.PASS and callable(delist_fn):
+        from tmsi.services.authority import is_auto_delist_eligible
+
+        if callable(delist_fn) and is_auto_delist_eligible(case, settings):
             audit.record(
                 session,
                 action="verify.auto_delist",
