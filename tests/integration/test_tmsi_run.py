@@ -68,8 +68,12 @@ def tmsi_run(tmp_path: Path) -> Iterator[Running]:
         yield running
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def _wait_ready(running: Running, timeout: float = 60) -> dict[str, Any]:
@@ -189,3 +193,18 @@ def test_configuration_errors_name_the_variable_and_exit_2(
     done = subprocess.run(command, cwd=tmp_path, env=base | env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr
     assert expected in done.stderr and "Traceback" not in done.stderr + done.stdout
+
+
+def test_killing_tmsi_run_takes_its_children_down(tmsi_run: Running) -> None:
+    _wait_ready(tmsi_run)
+    tmsi_run.proc.send_signal(signal.SIGKILL)  # no chance to clean up: the kernel tells the children
+    tmsi_run.proc.wait(timeout=10)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(tmsi_run.url + "/healthz", timeout=1)
+        except OSError:
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError("the web server outlived tmsi run")

@@ -175,7 +175,12 @@ class Children:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        self.procs[name] = subprocess.Popen(argv, env=env, start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            argv,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
 
     def dead(self) -> str | None:
         for name, proc in self.procs.items():
@@ -195,6 +200,16 @@ class Children:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: if ``tmsi run`` itself is killed (SIGKILL, a crashed terminal), the
+    kernel sends the child SIGTERM instead of leaving an orphaned web server or worker (Linux only)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _wait_ready(url: str, children: Children, timeout: float = 60.0) -> bool:
