@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     imap_processed_folder: str = "Processed"
     imap_quarantine_folder: str = "Quarantine"
     imap_batch_size: int = Field(200, ge=1, le=5000)
+    ingest_defer: bool = Field(
+        False, description="the poller only stores mail; workers process it (job_process_stored), in parallel"
+    )
     maildir_path: Path = Path("instance/maildir")
     own_networks: NetworkList = Field(default_factory=list, description="our own infrastructure CIDRs")
     authserv_ids: CommaList = Field(default_factory=list, description="our MTA's authserv-ids")

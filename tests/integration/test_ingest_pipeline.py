@@ -486,3 +486,64 @@ def test_cli_ingest_files_and_reprocess(settings, factory, tmp_path, monkeypatch
     assert redo.exit_code == 0 and json.loads(redo.output)["status"] == "quarantined"
     wrong = runner.invoke(mail, ["reprocess", str(lines[0]["message_id"])])
     assert wrong.exit_code != 0 and "not a quarantined" in wrong.output
+
+
+# --- deferred processing: the poller only stores, workers process ----------------------------------
+
+
+def test_deferred_poll_stores_and_moves_then_workers_process(settings, factory):
+    settings.ingest_defer = True
+    box = MemoryMailbox()
+    request = mails.request("203.0.113.140", sender="defer@isp.example")
+    box.add("INBOX", request)
+    box.add("INBOX", mails.auto_reply())
+    box.add("INBOX", mails.malformed())
+    report = _poll(settings, factory, box)
+    assert (report.stored, report.quarantined, report.processed, report.new_cases) == (2, 1, 0, 0)
+    assert box.folders["INBOX"].messages == {} and len(box.folders["Processed"].messages) == 2
+    assert (
+        _count(factory, Message, Message.status == MessageStatus.STORED) == 2 and _count(factory, Case) == 0
+    )
+
+    done = ingest.process_stored_batch(settings, factory)
+    assert (done.processed, done.new_cases, done.replies, done.waiting) == (2, 1, 1, 0)
+    assert _count(factory, Message, Message.status == MessageStatus.STORED) == 0
+    assert ingest.process_stored_batch(settings, factory).processed == 0
+
+
+def test_a_deferred_reply_waits_for_its_request(settings, factory):
+    settings.ingest_defer = True
+    request = mails.request("203.0.113.141", sender="order@isp.example")
+    reply = mails.reply_to(
+        request, subject="Re: Delisting request", body="also 203.0.113.142", sender="order@isp.example"
+    )
+    with unit_of_work(factory) as s:
+        first = ingest.process_message(s, request, settings, source="t", defer=True)
+        second = ingest.process_message(s, reply, settings, source="t", defer=True)
+    with unit_of_work(factory) as s, pytest.raises(ingest.NotReady):
+        ingest.process_stored(s, s.get(Message, second.message_id), settings)
+    done = ingest.process_stored_batch(settings, factory)
+    assert (done.processed, done.new_cases) == (2, 1)
+    with unit_of_work(factory) as s:
+        a, b = s.get(Message, first.message_id), s.get(Message, second.message_id)
+        assert a.case_id == b.case_id is not None and b.kind == MessageKind.REPLY
+
+
+def test_parallel_workers_process_each_stored_message_once(settings, factory):
+    import threading
+
+    for i in range(12):
+        with unit_of_work(factory) as s:
+            raw = mails.request(f"198.51.100.{180 + i}", sender=f"par{i}@isp.example")
+            ingest.process_message(s, raw, settings, source="t", defer=True)
+    reports = []
+    threads = [
+        threading.Thread(target=lambda: reports.append(ingest.process_stored_batch(settings, factory)))
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(r.processed for r in reports) == 12 and not any(r.errors for r in reports)
+    assert _count(factory, Case) == 12 and _count(factory, OutboxMessage) == 12
