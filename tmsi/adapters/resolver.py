@@ -67,6 +67,7 @@ EDNS_PAYLOAD = 1232
 _OPT_RR = b"\x00" + struct.pack("!HHIH", 41, EDNS_PAYLOAD, 0, 0)
 _HEADER = struct.Struct("!HHHHHH")
 _LENGTH_BYTE = [bytes((n,)) for n in range(64)]
+_QTAILS = {name: struct.pack("!HH", code, 1) for name, code in RDTYPES.items()}  # type, class IN
 _RR_FIXED = struct.Struct("!HHIH")
 _LDH = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_*."  # "." joins labels
 
@@ -211,7 +212,10 @@ def name_to_wire(name: str) -> bytes:
 
 
 def question_wire(name: str, rdtype: str) -> bytes:
-    return name_to_wire(name) + struct.pack("!HH", RDTYPES.get(rdtype) or dns.rdatatype.from_text(rdtype), 1)
+    tail = _QTAILS.get(rdtype)
+    if tail is None:
+        tail = struct.pack("!HH", dns.rdatatype.from_text(rdtype), 1)
+    return name_to_wire(name) + tail
 
 
 def build_query(qid: int, question: bytes, *, recursion_desired: bool = True) -> bytes:
@@ -424,6 +428,7 @@ class _Task:
     __slots__ = (
         "answer",
         "attempts",
+        "body",
         "deadline",
         "index",
         "qid",
@@ -434,10 +439,11 @@ class _Task:
         "tried",
     )
 
-    def __init__(self, index: int, answer: DnsAnswer, question: bytes, server: int) -> None:
+    def __init__(self, index: int, answer: DnsAnswer, question: bytes, server: int, head: bytes) -> None:
         self.index = index
         self.answer = answer
         self.question = question
+        self.body = head + question + _OPT_RR  # the query after its 2-byte id
         self.server = server
         self.attempts = 0
         self.qid = -1
@@ -492,6 +498,9 @@ class _Server:
         self.refilled = now
 
     def free_socket(self) -> _Socket | None:
+        if len(self.sockets) == 1:
+            only = self.sockets[0]
+            return only if len(only.inflight) < PER_SOCKET_IN_FLIGHT else None
         best = None
         for wrapped in self.sockets:
             if len(wrapped.inflight) < PER_SOCKET_IN_FLIGHT and (
@@ -571,6 +580,8 @@ class _Batch:
         self.remaining = len(queries)
         self.selector = selectors.DefaultSelector()
         self.rng = random.Random()
+        self.head = struct.pack("!HHHHH", 0x0100 if owner.recursion_desired else 0, 1, 0, 0, 1)
+        self.sent = 0
 
     def run(self) -> list[DnsAnswer]:
         executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -596,6 +607,7 @@ class _Batch:
                         )
                     self._start_tcp(executor)
         finally:
+            self.owner.stats["sent"] += self.sent
             for server in self.servers:
                 server.close()
             self.selector.close()
@@ -606,8 +618,10 @@ class _Batch:
     # sending -------------------------------------------------------------------------------------
     def _new_task(self, index: int, server: int) -> _Task:
         qname, qtype = self.queries[index]
-        answer = DnsAnswer(absolute(qname), qtype.upper())
-        return _Task(index, answer, question_wire(answer.qname, answer.qtype), server)
+        if not (qname.endswith(".") and qname.islower()):
+            qname = absolute(qname)
+        answer = DnsAnswer(qname, qtype.upper())
+        return _Task(index, answer, question_wire(qname, answer.qtype), server, self.head)
 
     def _send(self, now: float) -> float:
         """Send what the caps and rates allow, one question per server in turn (so that a dead server
@@ -643,7 +657,7 @@ class _Batch:
         qid = self.rng.getrandbits(16)
         while qid in wrapped.inflight:
             qid = self.rng.getrandbits(16)
-        wire = build_query(qid, task.question, recursion_desired=self.owner.recursion_desired)
+        wire = qid.to_bytes(2, "big") + task.body
         try:
             wrapped.sock.send(wire)
         except (BlockingIOError, InterruptedError):
@@ -669,7 +683,7 @@ class _Batch:
         server.inflight += 1
         server.tokens -= 1.0
         self.timers.append((task.deadline, task, task.attempts))
-        self.owner.stats["sent"] += 1
+        self.sent += 1
         return True
 
     # receiving -----------------------------------------------------------------------------------
