@@ -93,6 +93,14 @@ def _wait_ready(running: Running, timeout: float = 60) -> dict[str, Any]:
     raise AssertionError("never ready:\n" + running.text())
 
 
+def _wait_banner(running: Running, timeout: float = 30) -> None:
+    """``tmsi run`` prints its banner once it saw the web answer itself: a moment after /readyz does."""
+    deadline = time.monotonic() + timeout
+    while "Press Ctrl-C to stop." not in running.text():
+        assert time.monotonic() < deadline, running.text()
+        time.sleep(0.1)
+
+
 def _sign_in(running: Running) -> tuple[urllib.request.OpenerDirector, str]:
     match = re.search(r"Sign in as (\S+) with password: (\S+)", running.text())
     assert match, running.text()
@@ -115,6 +123,7 @@ def _stop(running: Running) -> int:
 
 def test_run_from_an_empty_directory_serves_signs_in_and_stops_cleanly(tmsi_run: Running) -> None:
     ready = _wait_ready(tmsi_run)
+    _wait_banner(tmsi_run)
     assert set(ready["checks"]) >= {"database", "mailbox", "dns_resolver"}
     assert f"tmsi is running at {tmsi_run.url}/" in tmsi_run.text()
     opener, page = _sign_in(tmsi_run)
