@@ -24,6 +24,12 @@ def _seed(factory: Any) -> None:
         cases.transition(s, a, CaseStatus.DELISTED)
         a.decided_at = a.created_at + timedelta(hours=10)
         cases.open_case(s, subject="b", requester_email="noc@isp.example", now=now - timedelta(days=2))
+        # long ago: arrived and closed before the window, it counts nowhere
+        old = cases.open_case(
+            s, subject="old", requester_email="noc@old.example", now=now - timedelta(days=100)
+        )
+        cases.transition(s, old, CaseStatus.CLOSED, now=now - timedelta(days=95))
+        old.closed_at = now - timedelta(days=95)
         # today: one new case
         cases.open_case(s, subject="c", requester_email="noc@other.example", now=now)
         for result in (CheckResult.PASS, CheckResult.PASS, CheckResult.FAIL, CheckResult.UNVERIFIABLE):

@@ -9,7 +9,7 @@ import statistics
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from tmsi.db import utcnow
@@ -63,12 +63,12 @@ def build_dashboard(session: Session, *, days: int = 30, now: datetime | None = 
     rows = session.execute(
         select(Case.created_at, Case.first_response_at, Case.decided_at, Case.closed_at).where(
             Case.merged_into_id.is_(None),
+            # only cases that touch the window: arrived, decided or closed in it, or still open
             or_(
                 Case.created_at >= start,
-                Case.decided_at.is_(None),
                 Case.decided_at >= start,
-                Case.closed_at.is_(None),
                 Case.closed_at >= start,
+                and_(Case.decided_at.is_(None), Case.closed_at.is_(None)),
             ),
         )
     ).all()
