@@ -1,9 +1,12 @@
 # The README's commands. `make run` starts the app; `make test` runs everything CI runs.
 .PHONY: run test lint bench migration
 
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
 run:
 	scripts/bootstrap
-	.venv/bin/tmsi run
+	.venv/bin/tmsi run --host $(HOST) --port $(PORT)
 
 test:
 	scripts/test
