@@ -18,6 +18,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -494,6 +495,61 @@ def run_load(
 
 WALL: dict[int, float] = {}
 
+WRK_SCRIPT = """
+math.randomseed(os.time())
+local cases = tonumber(os.getenv("BENCH_CASES") or "0")
+local year = os.getenv("BENCH_YEAR")
+local think = tonumber(os.getenv("BENCH_THINK_MS") or "0")
+request = function()
+  local path = "/cases"
+  if cases > 0 then path = string.format("/cases/TMSI-%s-%06d", year, math.random(1, cases)) end
+  return wrk.format("GET", path)
+end
+if think > 0 then delay = function() return math.random(math.floor(think / 2), think + math.floor(think / 2)) end end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %.3f %.3f %.3f %d %d %d\\n", summary.requests,
+    latency:percentile(50) / 1000, latency:percentile(95) / 1000, latency.max / 1000,
+    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.timeout,
+    summary.duration, summary.errors.status))
+end
+"""
+
+
+def run_wrk(
+    port: int, cookie: str, clients: int, seconds: int, cases: int, year: int, think: float
+) -> tuple[int, float, float, float, float]:
+    """wrk (C, event loop) as the load generator: requests, median, p95, max (ms) and req/s."""
+    script = ROOT / "instance" / "bench-ui" / "wrk.lua"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(WRK_SCRIPT)
+    env = dict(
+        os.environ, BENCH_CASES=str(cases), BENCH_YEAR=str(year), BENCH_THINK_MS=str(int(think * 1000))
+    )
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t2",
+            f"-c{clients}",
+            f"-d{seconds}s",
+            "--timeout",
+            "10s",
+            "-H",
+            f"Cookie: {cookie}",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}/",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
+    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+    requests, p50, p95, top, errors, duration_us, _status = line.split()[1:]
+    if int(errors):
+        raise RuntimeError(f"wrk saw {errors} failed requests:\n{out}")
+    return int(requests), float(p50), float(p95), float(top), int(requests) / (int(duration_us) / 1e6)
+
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
@@ -517,6 +573,13 @@ def main() -> None:
         default=1.0,
         help="also measure with this mean think time (s) between a client's requests; 0: skip",
     )
+    parser.add_argument(
+        "--loader",
+        choices=["auto", "wrk", "python"],
+        default="auto",
+        help="load generator: wrk (Debian package) when installed, else Python threads",
+    )
+    parser.add_argument("--seconds", type=int, default=20, help="duration of each wrk run")
     parser.add_argument("--db", default="tmsi_bench_ui")
     parser.add_argument("--reuse", action="store_true", help="use the data already loaded in --db")
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
@@ -588,23 +651,28 @@ def main() -> None:
             warm.request("GET", "/cases")
             warm.request("GET", f"/cases/TMSI-{year}-{random.randrange(1, n + 1):06d}")
         rows: list[tuple[str, int, list[float]]] = []
-        queue = run_load(port, cookie, args.clients, args.requests, lambda r: "/cases", "queue-table")
-        rows.append(("queue page (default filter, page 1)", args.clients, queue))
-        case = run_load(
-            port,
-            cookie,
-            args.clients,
-            args.requests,
-            lambda r: f"/cases/TMSI-{year}-{r.randrange(1, n + 1):06d}",
-            "timeline-list",
-        )
-        rows.append(("case page (random case)", args.clients, case))
-        if args.think:
-            label = f"think {args.think:g} s"
-            queue = run_load(
-                port, cookie, args.clients, args.requests, lambda r: "/cases", "queue-table", args.think
-            )
-            rows.append((f"queue page ({label})", args.clients, queue))
+        wrk_rows: list[tuple[str, int, tuple[int, float, float, float, float]]] = []
+        use_wrk = args.loader == "wrk" or (args.loader == "auto" and shutil.which("wrk") is not None)
+        if use_wrk:
+            for think in (0.0, args.think) if args.think else (0.0,):
+                label = f"think {think:g} s" if think else "closed loop"
+                wrk_rows.append(
+                    (
+                        f"queue page, default filter, page 1 ({label})",
+                        args.clients,
+                        run_wrk(port, cookie, args.clients, args.seconds, 0, year, think),
+                    )
+                )
+                wrk_rows.append(
+                    (
+                        f"case page, random case ({label})",
+                        args.clients,
+                        run_wrk(port, cookie, args.clients, args.seconds, n, year, think),
+                    )
+                )
+        else:
+            queue = run_load(port, cookie, args.clients, args.requests, lambda r: "/cases", "queue-table")
+            rows.append(("queue page (default filter, page 1)", args.clients, queue))
             case = run_load(
                 port,
                 cookie,
@@ -612,9 +680,24 @@ def main() -> None:
                 args.requests,
                 lambda r: f"/cases/TMSI-{year}-{r.randrange(1, n + 1):06d}",
                 "timeline-list",
-                args.think,
             )
-            rows.append((f"case page ({label})", args.clients, case))
+            rows.append(("case page (random case)", args.clients, case))
+            if args.think:
+                label = f"think {args.think:g} s"
+                queue = run_load(
+                    port, cookie, args.clients, args.requests, lambda r: "/cases", "queue-table", args.think
+                )
+                rows.append((f"queue page ({label})", args.clients, queue))
+                case = run_load(
+                    port,
+                    cookie,
+                    args.clients,
+                    args.requests,
+                    lambda r: f"/cases/TMSI-{year}-{r.randrange(1, n + 1):06d}",
+                    "timeline-list",
+                    args.think,
+                )
+                rows.append((f"case page ({label})", args.clients, case))
         queries = [
             "240.0.0.0/4",
             "240.1.0.0/16",
@@ -653,6 +736,10 @@ def main() -> None:
         "| page | clients | requests | median ms | p95 ms | max ms | req/s |",
         "|---|---|---|---|---|---|---|",
     ]
+    for name, clients, (count, p50, p95, top, rps) in wrk_rows:
+        lines.append(
+            f"| {name} [wrk] | {clients} | {count} | {p50:.1f} | {p95:.1f} | {top:.1f} | {rps:.0f} |"
+        )
     for name, clients, lat in rows:
         rps = len(lat) / max(WALL.get(id(lat), 0.0), 1e-9)
         lines.append(

@@ -198,3 +198,18 @@ def test_queue_page_escapes_hostile_subjects(client, factory):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "Apply" not in html  # no bulk actions for an auditor
     assert csrf_from(html)
+
+
+def test_cached_counts_give_the_same_totals(factory):
+    queue._COUNTS.clear()
+    make_case(factory, targets=("203.0.113.1/32",))
+    make_case(factory, targets=("203.0.113.2/32",), status=CaseStatus.CLOSED)
+    with factory() as db:
+        for args in ({}, {"status": "all"}, {"status": "closed"}, {"domain": "isp.example"}):
+            flt = queue.parse_filter(args)
+            fresh = queue.search(db, flt, counts_ttl=0)
+            cached = queue.search(db, flt, counts_ttl=60)
+            assert cached.total == fresh.total and [r.case.id for r in cached.rows] == [
+                r.case.id for r in fresh.rows
+            ]
+        assert queue.search(db, queue.parse_filter({}), counts_ttl=60).total == 1

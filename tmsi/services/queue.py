@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, and_, func, or_, select, tuple_, union_all
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from tmsi.db import utcnow
 from tmsi.domain.networks import IPNetwork, NetworkError, network_keys, parse_network, supernet_keys
@@ -219,6 +219,12 @@ def _order(f: QueueFilter) -> list[Any]:
     return [Case.updated_at.desc(), Case.id.desc()]
 
 
+def _only_statuses(f: QueueFilter) -> bool:
+    return not (
+        f.assignee or f.requester_domain or f.authority or f.verification or f.age or f.text or f.network
+    )
+
+
 def _waiting_page_ids(
     session: Session, f: QueueFilter, user_id: int | None, now: datetime
 ) -> list[int] | None:
@@ -284,8 +290,17 @@ def search(
 ) -> QueuePage:
     now = now or utcnow()
     cond = _conditions(f, user_id, now)
-    total = session.scalar(select(func.count()).select_from(Case).where(*cond)) or 0
-    base = select(Case, User.email).outerjoin(User, User.id == Case.assignee_id)
+    counts = cached_status_counts(session, counts_ttl) if with_counts else {}
+    if counts and counts_ttl > 0 and _only_statuses(f):
+        # The filter is a set of statuses: the (cached) counts per status already give the total.
+        total = sum(counts.get(s.value, 0) for s in (f.effective_statuses or CaseStatus))
+    else:
+        total = session.scalar(select(func.count()).select_from(Case).where(*cond)) or 0
+    base = (
+        select(Case, User.email)
+        .outerjoin(User, User.id == Case.assignee_id)
+        .options(defer(Case.search_text), defer(Case.authority_evidence), defer(Case.flags))
+    )
     page_ids = _waiting_page_ids(session, f, user_id, now)
     if page_ids is not None:
         by_id = {case.id: (case, email) for case, email in session.execute(base.where(Case.id.in_(page_ids)))}
@@ -309,7 +324,6 @@ def search(
         QueueRow(case, email or "", counts_by_case.get(case.id, 0), nets.get(case.id, []))
         for case, email in found
     ]
-    counts = cached_status_counts(session, counts_ttl) if with_counts else {}
     return QueuePage(filter=f, rows=rows, total=total, counts=counts)
 
 
