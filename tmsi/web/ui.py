@@ -157,7 +157,7 @@ def bulk() -> Any:
     op = params.get("op")
     refs = params.getlist("refs")
     back = request.form.get("back") or url_for("ui.queue")
-    if not back.startswith("/") or back.startswith("//"):
+    if not back.startswith("/") or back.startswith("//") or "\\" in back:
         back = url_for("ui.queue")
     if not refs:
         flash("Select at least one case.", "error")
@@ -172,9 +172,13 @@ def bulk() -> Any:
                     decide.assign(db, case, assignee, user.actor, token=token)
                 message = f"{len(chosen)} case(s) assigned to {assignee.email if assignee else 'nobody'}."
             elif op == "spam":
-                for case in chosen:
+                open_cases = [c for c in chosen if c.status != CaseStatus.CLOSED]
+                for case in open_cases:
                     decide.close_as_spam(db, case, user.actor, token=token)
-                message = f"{len(chosen)} case(s) closed as spam."
+                skipped = len(chosen) - len(open_cases)
+                message = f"{len(open_cases)} case(s) closed as spam" + (
+                    f" ({skipped} already closed)." if skipped else "."
+                )
             elif op == "merge":
                 if len(chosen) < 2:
                     raise decide.DecisionError("select two or more cases to merge")
