@@ -374,3 +374,27 @@ def test_unknown_action_is_404(client, factory):
     signed_in(client, factory, "analyst")
     token = csrf_from(client.get(f"/cases/{ref}").text)
     assert client.post(f"/cases/{ref}/action/explode", data={"csrf_token": token}).status_code == 404
+
+
+def test_dispatch_uses_the_task_queue_or_a_thread(settings, factory, monkeypatch):
+    import tmsi.jobs
+    import tmsi.services.verify
+    from tmsi.services import decide
+
+    queued, ran = [], []
+    monkeypatch.setattr(tmsi.jobs, "request_verification", lambda st, target_id: queued.append(target_id))
+    settings.huey_storage = "sqlite"
+    assert (
+        decide.dispatch_verification(settings, factory, [3, 4], "a@example.test") == "queued for the workers"
+    )
+    assert queued == [3, 4]
+    done = __import__("threading").Event()
+
+    def fake_job(st, fac, target_id, trigger, actor):
+        ran.append((target_id, trigger, actor))
+        done.set()
+
+    monkeypatch.setattr(tmsi.services.verify, "job_verify_target", fake_job)
+    settings.huey_storage = "memory"
+    assert decide.dispatch_verification(settings, factory, [5], "a@example.test") == "started"
+    assert done.wait(5) and ran == [(5, "manual", "a@example.test")]
