@@ -67,6 +67,7 @@ def test_dashboard_page_is_for_leads_and_draws_svg(client: Any, factory: Any) ->
     assert client.get("/dashboard").status_code in (302, 401)  # anonymous: sign in first
     signed_in(client, factory, "analyst")
     assert client.get("/dashboard").status_code == 403
+    assert 'href="/dashboard"' not in client.get("/cases").get_data(as_text=True)
     lead = client.application.test_client()
     signed_in(lead, factory, "lead")
     response = lead.get("/dashboard?days=7")
@@ -78,4 +79,5 @@ def test_dashboard_page_is_for_leads_and_draws_svg(client: Any, factory: Any) ->
         ElementTree.fromstring(svg)  # well-formed
         assert "style=" not in svg  # the CSP forbids inline styles
     assert "Inflow" in html and "Verification pass rate" in html and "67 %" in html
+    assert 'href="/dashboard"' in lead.get("/cases").get_data(as_text=True)  # in the leads' navigation
     assert lead.get("/dashboard?days=1000").status_code == 200  # unknown windows fall back to 30 days
