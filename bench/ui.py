@@ -505,7 +505,9 @@ request = function()
   if cases > 0 then path = string.format("/cases/TMSI-%s-%06d", year, math.random(1, cases)) end
   return wrk.format("GET", path)
 end
-if think > 0 then delay = function() return math.random(math.floor(think / 2), think + math.floor(think / 2)) end end
+if think > 0 then
+  delay = function() return math.random(math.floor(think / 2), think + math.floor(think / 2)) end
+end
 done = function(summary, latency, requests)
   io.write(string.format("RESULT %d %.3f %.3f %.3f %d %d %d\\n", summary.requests,
     latency:percentile(50) / 1000, latency:percentile(95) / 1000, latency.max / 1000,

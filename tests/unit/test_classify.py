@@ -28,7 +28,7 @@ from tmsi.domain.classify import (
 )
 from tmsi.domain.extract import extract_targets
 from tmsi.domain.mail import parse_message
-from tmsi.models.enums import MessageKind
+from tmsi.enums import MessageKind
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "mail"
 MAILBOX = "dul@example.test"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from tmsi.domain.networks import NetworkError
 from tmsi.domain.rdns import Classification, RulesError, classify, classify_all, load_rules
-from tmsi.models.enums import NameVerdict
+from tmsi.enums import NameVerdict
 
 LABELLED = Path(__file__).resolve().parents[1] / "data" / "rdns_labelled.tsv"
 PASSING = {"static", "custom"}

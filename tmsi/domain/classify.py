@@ -17,7 +17,7 @@ from tmsi.domain.extract import ExtractedTargets, extract_targets
 from tmsi.domain.mail import MailParseError, ParsedMessage, normalize_message_id, parse_message
 from tmsi.domain.networks import IPNetwork
 
-# The values of tmsi.models.enums.MessageKind (kept as strings so the domain layer imports no models).
+# The values of tmsi.enums.MessageKind (kept as strings so the domain layer imports no models).
 REQUEST = "request"
 REPLY = "reply"
 AUTO_REPLY = "auto_reply"

@@ -1,8 +1,6 @@
 """Typed tables of the whole domain; import from here."""
 
-from tmsi.models.case import Case, CaseCounter, CaseNote, CaseTarget, TargetListing
-from tmsi.models.dns import DnsCheck, RdapCache, VerificationRun
-from tmsi.models.enums import (
+from tmsi.enums import (
     CaseStatus,
     CheckResult,
     Coverage,
@@ -17,6 +15,8 @@ from tmsi.models.enums import (
     RunStatus,
     TargetStatus,
 )
+from tmsi.models.case import Case, CaseCounter, CaseNote, CaseTarget, TargetListing
+from tmsi.models.dns import DnsCheck, RdapCache, VerificationRun
 from tmsi.models.listing import Delisting, ExportRun, Listing, ListingEvent, PolicySetting
 from tmsi.models.mail import MailboxCursor, Message, MessageDelivery, OutboxMessage, ReplyTemplate
 from tmsi.models.user import ApiToken, AuditEvent, JobLock, User

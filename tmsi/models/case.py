@@ -8,7 +8,7 @@ from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from tmsi.db import Base, enum_column, intpk, ipkey, jsondict, str255, timestamp, timestamp_opt
-from tmsi.models.enums import CaseStatus, CheckResult, Coverage, Resolution, TargetStatus
+from tmsi.enums import CaseStatus, CheckResult, Coverage, Resolution, TargetStatus
 
 if TYPE_CHECKING:
     from tmsi.models.listing import Listing

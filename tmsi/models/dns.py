@@ -6,7 +6,7 @@ from sqlalchemy import ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tmsi.db import Base, enum_column, intpk, ipkey, jsondict, jsonlist, timestamp, timestamp_opt
-from tmsi.models.enums import CheckResult, NameVerdict, RunStatus
+from tmsi.enums import CheckResult, NameVerdict, RunStatus
 
 
 class VerificationRun(Base):

@@ -8,7 +8,7 @@ from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text, UniqueConst
 from sqlalchemy.orm import Mapped, deferred, mapped_column, relationship
 
 from tmsi.db import Base, enum_column, intpk, jsondict, jsonlist, str255, timestamp, timestamp_opt
-from tmsi.models.enums import Direction, MessageKind, MessageStatus, OutboxStatus
+from tmsi.enums import Direction, MessageKind, MessageStatus, OutboxStatus
 
 if TYPE_CHECKING:
     from tmsi.models.case import Case

@@ -6,7 +6,7 @@ from sqlalchemy import ForeignKey, Index, String, event
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from tmsi.db import Base, enum_column, intpk, jsondict, str255, timestamp, timestamp_opt
-from tmsi.models.enums import Role
+from tmsi.enums import Role
 
 
 class User(Base):
