@@ -547,3 +547,18 @@ def test_parallel_workers_process_each_stored_message_once(settings, factory):
         t.join()
     assert sum(r.processed for r in reports) == 12 and not any(r.errors for r in reports)
     assert _count(factory, Case) == 12 and _count(factory, OutboxMessage) == 12
+
+
+def test_cli_process_stored(settings, factory, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from tmsi.cli.mail import mail
+
+    with unit_of_work(factory) as s:
+        ingest.process_message(s, mails.request("203.0.113.199"), settings, source="t", defer=True)
+    monkeypatch.setenv("TMSI_DATABASE_URL", settings.database_url)
+    out = CliRunner().invoke(mail, ["process"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["new_cases"] == 1

@@ -136,3 +136,17 @@ def send_cmd(limit: int) -> None:
     settings = load_settings()
     report = send_due(_factory(settings), SmtpMailer.from_settings(settings), settings, limit=limit)
     click.echo(json.dumps(report.as_dict()))
+
+
+@mail.command("process")
+@click.option("--limit", type=int, default=500, show_default=True)
+def process_cmd(limit: int) -> None:
+    """Process mail the poller stored without processing (TMSI_INGEST_DEFER=true); prints a JSON report.
+    Several of these may run at once (on PostgreSQL each message is claimed with SKIP LOCKED)."""
+    from tmsi.services.ingest import process_stored_batch
+
+    settings = load_settings()
+    report = process_stored_batch(settings, _factory(settings), limit=limit)
+    click.echo(json.dumps(report.as_dict()))
+    if report.errors:
+        raise SystemExit(1)
