@@ -86,6 +86,13 @@ SCHEDULES: tuple[Schedule, ...] = (
         enabled=lambda s: s.mailbox_kind != "none",
     ),
     Schedule(
+        "process_stored",
+        "tmsi.services.ingest:job_process_stored",
+        _fixed(10.0),
+        "parse, thread and answer mail the poller only stored (TMSI_INGEST_DEFER; any number of workers)",
+        enabled=lambda s: s.ingest_defer,
+    ),
+    Schedule(
         "reverify_due",
         "tmsi.services.verify:job_reverify_due",
         _short_in_demo(60.0, 10.0),

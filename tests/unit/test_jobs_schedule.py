@@ -117,3 +117,10 @@ def test_json_logs_carry_request_case_and_job() -> None:
     )
     assert first["level"] == "INFO" and first["logger"] == "tmsi.test"
     assert second["request_id"] == "" and second["level"] == "WARNING"
+
+
+def test_deferred_ingest_is_processed_only_when_enabled() -> None:
+    schedule = SCHEDULE_BY_NAME["process_stored"]
+    assert callable(resolve(schedule.target))
+    assert not schedule.enabled(_settings())
+    assert schedule.enabled(_settings(ingest_defer=True))
