@@ -22,6 +22,7 @@ from tmsi.models import (
     Case,
     CaseStatus,
     CaseTarget,
+    CheckResult,
     Coverage,
     Message,
     MessageDelivery,
@@ -213,6 +214,7 @@ def test_reply_to_our_ack_threads_into_the_case_and_reopens_it(settings, factory
         case = cases.get_by_reference(s, first.case_reference)
         ack_raw = s.scalar(select(OutboxMessage.raw).where(OutboxMessage.case_id == case.id))
         cases.transition(s, case, CaseStatus.CLOSED)
+        case.authority_result = CheckResult.FAIL  # judged on the first message
     # no reference in the subject: threaded by In-Reply-To alone
     reply = mails.reply_to(ack_raw, subject="Re: Delisting request", body="We also fixed 203.0.113.31 now.")
     with unit_of_work(factory) as s:
@@ -222,6 +224,7 @@ def test_reply_to_our_ack_threads_into_the_case_and_reopens_it(settings, factory
     with unit_of_work(factory) as s:
         case = cases.get_by_reference(s, first.case_reference)
         assert case.status == CaseStatus.VERIFYING and case.closed_at is None
+        assert case.authority_result == CheckResult.PENDING  # the new message is evaluated again
         assert len([m for m in case.messages if m.direction == "in"]) == 2
         assert {t.network for t in case.targets} == {"203.0.113.30/32", "203.0.113.31/32"}
     assert _count(factory, Case) == 1 and _count(factory, OutboxMessage) == 1

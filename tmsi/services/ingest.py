@@ -31,6 +31,7 @@ from tmsi.models import (
     Case,
     CaseStatus,
     CaseTarget,
+    CheckResult,
     Coverage,
     Direction,
     MailboxCursor,
@@ -540,6 +541,9 @@ def _handle_human(
             notes["thread_not_found"] = "looks like a reply, but no case matches; opened a new one"
     else:
         cases.reopen_on_message(session, case, now=now)
+        # A new message (perhaps from another sender, or naming other networks): the authority job
+        # evaluates who is asking again.
+        case.authority_result = CheckResult.PENDING
     _attach(message, case)
 
     added = add_targets(
