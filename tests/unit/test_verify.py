@@ -466,3 +466,33 @@ def test_concurrent_workers_claim_disjoint_targets(factory, settings):
     with unit_of_work(factory) as session:
         holders = {t.id: t.claimed_by for t in session.scalars(select(CaseTarget))}
     assert all(holders[t] == name for name, got in claims.items() for t in got)
+
+
+def test_parallel_workers_from_a_threaded_process_use_forkserver(monkeypatch):
+    import multiprocessing
+    import threading
+
+    contexts: list[str] = []
+    real = multiprocessing.get_context
+
+    def recording(method=None):
+        contexts.append(method)
+        return real(method)
+
+    monkeypatch.setattr(verify.multiprocessing, "get_context", recording)
+    fake = FakeResolver()
+    for i in range(0, 8192, 2):
+        fake.host(f"198.51.{96 + i // 256}.{i % 256}", f"static-{i}.isp.example")
+    out: dict[str, verify.RangeSummary] = {}
+
+    def run() -> None:  # a job worker's thread: fork is unsafe here, forkserver is used
+        assert threading.active_count() > 1
+        out["summary"] = verify.verify_network(fake, "198.51.96.0/19", keep_passing=False, workers=2)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(120)
+    summary = out["summary"]
+    assert (summary.passed, summary.failed) == (4096, 4096)
+    assert summary.as_dict()["failing"][0]["count"] == 4096
+    assert contexts == ["forkserver"]
