@@ -63,6 +63,7 @@ RDTYPES = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "PTR": 12, "AAAA": 28}
 RDTYPE_NAMES = {v: k for k, v in RDTYPES.items()}
 RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 PER_SOCKET_IN_FLIGHT = 150
+HEDGE_MIN = 0.05  # seconds before a question at the tail of a batch is sent once more
 EDNS_PAYLOAD = 1232
 _OPT_RR = b"\x00" + struct.pack("!HHIH", 41, EDNS_PAYLOAD, 0, 0)
 _HEADER = struct.Struct("!HHHHHH")
@@ -117,6 +118,7 @@ class DnsAnswer:
     recursion_available: bool = False
     transport: str = "udp"
     attempts: int = 0
+    hedged: int = 0  # extra copies sent at the tail of a batch (not attempts; see _Batch._hedge)
     elapsed_ms: float = 0.0
     at: float = 0.0  # wall clock (epoch seconds) of the first send
 
@@ -172,6 +174,8 @@ class DnsAnswer:
         }
         if self.transport != "udp":
             data["transport"] = self.transport
+        if self.hedged:
+            data["hedged"] = self.hedged
         if self.negative_ttl is not None:
             data["negative_ttl"] = self.negative_ttl
         if self.error is not None:
@@ -430,12 +434,14 @@ class _Task:
         "attempts",
         "body",
         "deadline",
+        "hedged",
+        "ids",
         "index",
-        "qid",
+        "last_send",
         "question",
+        "sends",
         "sent",
         "server",
-        "sock",
         "tried",
     )
 
@@ -445,11 +451,13 @@ class _Task:
         self.question = question
         self.body = head + question + _OPT_RR  # the query after its 2-byte id
         self.server = server
-        self.attempts = 0
-        self.qid = -1
-        self.sock: _Socket | None = None
+        self.attempts = 0  # counted against the retries budget; a hedge is not an attempt
+        self.sends = 0  # datagrams sent, hedges included
+        self.hedged = 0
+        self.ids: list[tuple[_Server, _Socket, int]] = []  # outstanding (server, socket, message id)
         self.deadline = 0.0
         self.sent = 0.0
+        self.last_send = 0.0
         self.tried: set[int] = set()
 
 
@@ -580,6 +588,8 @@ class _Batch:
         self.remaining = len(queries)
         self.selector = selectors.DefaultSelector()
         self.rng = random.Random()
+        self.srtt: float | None = None
+        self.outstanding: dict[int, _Task] = {}  # index -> task with a datagram out
         self.head = struct.pack("!HHHHH", 0x0100 if owner.recursion_desired else 0, 1, 0, 0, 1)
         self.sent = 0
 
@@ -592,6 +602,7 @@ class _Batch:
                 now = time.monotonic()
                 self._expire(now)
                 wait = self._send(now)
+                wait = min(wait, self._hedge(now))
                 if self.tcp:
                     self._collect_tcp()
                     wait = min(wait, 0.005)
@@ -653,7 +664,9 @@ class _Batch:
                 wait = min(wait, (1.0 - server.tokens) / server.rate)
         return wait
 
-    def _transmit(self, server: _Server, wrapped: _Socket, task: _Task, now: float) -> bool:
+    def _transmit(
+        self, server: _Server, wrapped: _Socket, task: _Task, now: float, hedge: bool = False
+    ) -> bool:
         qid = self.rng.getrandbits(16)
         while qid in wrapped.inflight:
             qid = self.rng.getrandbits(16)
@@ -661,28 +674,36 @@ class _Batch:
         try:
             wrapped.sock.send(wire)
         except (BlockingIOError, InterruptedError):
-            server.retry.appendleft(task)
+            if not hedge:
+                server.retry.appendleft(task)
             return False
         except ConnectionRefusedError:
             server.unreachable = True  # a pending ICMP error from an earlier datagram; send again
-            server.retry.appendleft(task)
+            if not hedge:
+                server.retry.appendleft(task)
             server.tokens -= 1.0
             return True
         except OSError as exc:
-            self._finish(task, error=ErrorKind.NETWORK, detail=str(exc), server=server)
+            if not hedge:
+                self._finish(task, error=ErrorKind.NETWORK, detail=str(exc), server=server)
             return True
-        if task.attempts == 0:
-            task.answer.at = time.time()
-            task.sent = now
-        task.attempts += 1
-        task.tried.add(task.server)
-        task.qid = qid
-        task.sock = wrapped
-        task.deadline = now + self.owner.timeout
+        if hedge:
+            task.hedged += 1
+        else:
+            if task.attempts == 0:
+                task.answer.at = time.time()
+                task.sent = now
+            task.attempts += 1
+            task.tried.add(task.server)
+            task.deadline = now + self.owner.timeout
+            self.timers.append((task.deadline, task, task.attempts))
+        task.sends += 1
+        task.last_send = now
+        task.ids.append((server, wrapped, qid))
+        self.outstanding[task.index] = task
         wrapped.inflight[qid] = task
         server.inflight += 1
         server.tokens -= 1.0
-        self.timers.append((task.deadline, task, task.attempts))
         self.sent += 1
         return True
 
@@ -702,7 +723,8 @@ class _Batch:
             if len(wire) < 12:
                 self.owner.stats["runt"] += 1
                 continue
-            task = wrapped.inflight.get((wire[0] << 8) | wire[1])
+            qid = (wire[0] << 8) | wire[1]
+            task = wrapped.inflight.get(qid)
             if task is None:
                 self.owner.stats["unmatched"] += 1  # late reply to a query already retried or done
                 continue
@@ -713,9 +735,10 @@ class _Batch:
             if reply is None:
                 self.owner.stats["mismatched"] += 1
                 continue
-            del wrapped.inflight[task.qid]
-            server.inflight -= 1
-            task.sock = None
+            if task.sends == 1:  # Karn: only unambiguous samples
+                sample = time.monotonic() - task.last_send
+                self.srtt = sample if self.srtt is None else 0.875 * self.srtt + 0.125 * sample
+            self._drop_ids(task)
             if reply.truncated:
                 self.tcp_pending.append(task)
                 task.server = self.servers.index(server)
@@ -725,6 +748,40 @@ class _Batch:
             if task.answer.error in _ASK_ELSEWHERE and self._retry_elsewhere(task):
                 continue
             self._finish(task)
+
+    def _drop_ids(self, task: _Task) -> None:
+        """Forget every outstanding message id of ``task`` (its answer came, or its attempt expired)."""
+        for server, wrapped, qid in task.ids:
+            if wrapped.inflight.get(qid) is task:
+                del wrapped.inflight[qid]
+                server.inflight -= 1
+        task.ids.clear()
+        self.outstanding.pop(task.index, None)
+
+    def _hedge(self, now: float) -> float:
+        """At the tail of a batch (nothing left to send) one lost datagram would hold the whole batch for
+        a full timeout. So a question still unanswered after ``max(50 ms, 4 x smoothed RTT)`` is sent once
+        more, to the next server, with a new id; whichever reply comes first is taken. A hedge is not an
+        attempt: the timeout and retries budget stay as configured. Returns the time to the next hedge."""
+        if self.fresh or any(server.retry for server in self.servers):
+            return 1.0
+        after = min(self.owner.timeout / 2, max(HEDGE_MIN, 4 * (self.srtt or 0.0)))
+        wait = 1.0
+        for task in list(self.outstanding.values()):
+            if task.hedged:
+                continue
+            due = task.last_send + after - now
+            if due > 0:
+                wait = min(wait, due)
+                continue
+            server_index = (task.server + 1) % len(self.servers)
+            server = self.servers[server_index]
+            wrapped = server.free_socket()
+            if server.tokens < 1.0 or server.inflight >= server.capacity or wrapped is None:
+                return min(wait, 0.01)
+            self._transmit(server, wrapped, task, now, hedge=True)
+            self.owner.stats["hedged"] += 1
+        return wait
 
     def _retry_elsewhere(self, task: _Task) -> bool:
         """Ask a server not yet tried (a SERVFAIL/REFUSED/lame from one server says little of the others)."""
@@ -742,12 +799,10 @@ class _Batch:
         timers = self.timers
         while timers and timers[0][0] <= now:
             _deadline, task, attempt = timers.popleft()
-            if task.attempts != attempt or task.sock is None or task.sock.inflight.get(task.qid) is not task:
-                continue
-            del task.sock.inflight[task.qid]
+            if task.attempts != attempt or not task.ids:
+                continue  # answered, or already retried
+            self._drop_ids(task)
             server = self.servers[task.server]
-            server.inflight -= 1
-            task.sock = None
             self.owner.stats["timeouts"] += 1
             if task.attempts <= self.owner.retries:
                 task.server = (task.server + 1) % len(self.servers)
@@ -768,6 +823,7 @@ class _Batch:
             if server is not None:
                 answer.resolver = server.spec
         answer.attempts = max(task.attempts, 1)
+        answer.hedged = task.hedged
         answer.elapsed_ms = (time.monotonic() - task.sent) * 1000 if task.sent else 0.0
         if self.results[task.index] is None:
             self.results[task.index] = answer
