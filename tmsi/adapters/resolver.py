@@ -13,6 +13,8 @@ queries in a few seconds) on 2 cores:
   socket's receive buffer (``rmem_default`` 212,992 bytes here, about 166 replies) overflows beyond that;
 * a token bucket per server (``Settings.dns_rate_limit``) and a cap on in-flight queries per server
   (``Settings.dns_max_in_flight``); per-attempt timeout and retries, a retry goes to the next server;
+  at the tail of a batch an unanswered question is *hedged* (sent once more after max(50 ms, 4 x SRTT)),
+  so that one lost datagram does not hold the batch for a whole timeout;
 * wire format: on this machine ``dns.message.make_query().to_wire()`` costs ~50 µs and
   ``dns.message.from_wire()`` ~120 µs per message, which caps a Python client near 6,000 queries/s.
   So queries are built from a header + the name's wire form (checked against dnspython's
