@@ -126,6 +126,32 @@ def test_check_button_runs_the_live_verification_against_real_dns(app, listed, k
     knot.delete("dyn-198-51-100-45.pool.isp.example")
 
 
+def test_check_uses_the_leads_per_isp_rules(app, listed, knot, tmp_path):
+    """A lead's rules file (TMSI_RDNS_RULES_FILE) decides the public check too, not only the case work."""
+    rules = tmp_path / "isp-rules.toml"
+    rules.write_text(
+        '[[isp]]\ndomain = "isp.example"\npattern = "^gw-"\nverdict = "dynamic"\n'
+        'reason = "isp.example: gw- names are consumer gateways"\n'
+    )
+    knot.update_ptr("198.51.100.46", "gw-central.isp.example")
+    knot.update_a("gw-central.isp.example", "198.51.100.46")
+    try:
+        app.config["TMSI"].resolvers = [knot.nameserver]
+        client = app.test_client()
+        form = {
+            "ip": "198.51.100.46",
+            "csrf_token": _csrf(client.get("/lookup?ip=198.51.100.46").get_data(as_text=True)),
+        }
+        before = client.post("/lookup/check", data=form).get_data(as_text=True)
+        assert "clearly static" in before and "not clearly static" not in before  # a custom name passes
+        app.config["TMSI"].rdns_rules_file = str(rules)
+        after = client.post("/lookup/check", data=form).get_data(as_text=True)
+        assert "not clearly static" in after and "consumer gateways" in after
+    finally:
+        knot.delete("198.51.100.46")
+        knot.delete("gw-central.isp.example")
+
+
 def test_lookup_is_rate_limited_per_client(app, listed):
     app.config["TMSI"].public_lookup_rate_limit = "3 per minute"
     client = app.test_client()

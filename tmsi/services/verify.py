@@ -212,10 +212,12 @@ def check_addresses(
     ]
 
 
-def check_address(resolver: Resolver, address: str | IPAddress) -> AddressResult:
+def check_address(
+    resolver: Resolver, address: str | IPAddress, *, rules: rdns.Rules | None = None
+) -> AddressResult:
     """Verify one address (see check_addresses)."""
     addr = ipaddress.ip_address(address) if isinstance(address, str) else address
-    return check_addresses(resolver, [addr])[0]
+    return check_addresses(resolver, [addr], rules=rules)[0]
 
 
 def _ttl(answers: Iterable[DnsAnswer]) -> int | None:

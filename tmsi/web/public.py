@@ -119,7 +119,7 @@ def live_check(settings: Settings, address: IPAddress) -> dict[str, Any]:
     from tmsi.adapters.resolver import make_resolver
     from tmsi.services import verify
 
-    result = verify.check_address(make_resolver(settings), address)
+    result = verify.check_address(make_resolver(settings), address, rules=verify.rules_for(settings))
     steps: list[dict[str, Any]] = []
     for answer in result.answers:
         values = [r.value for r in answer.records if r.rdtype == answer.qtype]
