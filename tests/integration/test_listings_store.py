@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 from tmsi.domain.listfile import Entry
 from tmsi.domain.networks import parse_network
 from tmsi.models import Listing
-from tmsi.services.listings import find_overlapping, import_entries, lookup
+from tmsi.services.listings import find_overlapping, find_overlapping_rows, import_entries, lookup
 
 
 def entries(*nets: str) -> list[Entry]:
@@ -51,3 +51,14 @@ def test_overlap_lookup_finds_supernets_and_subnets_only(session):
     result = lookup(session, parse_network("198.51.100.0/25"))
     assert result["coverage"] == "partly_listed"
     assert lookup(session, parse_network("203.0.113.128/25"))["coverage"] == "listed"
+
+
+def test_rows_and_objects_agree(session):
+    import_entries(
+        session, entries("203.0.113.0/24", "198.51.100.64/26", "198.51.100.200", "2001:db8:1::/48")
+    )
+    for query in ("203.0.113.7", "198.51.100.0/24", "198.51.100.0/26", "2001:db8:1:2::/64", "192.0.2.1"):
+        net = parse_network(query)
+        objects = [(x.id, x.network, x.reason) for x in find_overlapping(session, net)]
+        rows = [(x.id, x.network, x.reason) for x in find_overlapping_rows(session, net)]
+        assert objects == rows, query

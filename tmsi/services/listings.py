@@ -24,58 +24,71 @@ from tmsi.models import Coverage, Listing, ListingEvent, ListingEventKind
 IMPORT_CHUNK = 20_000
 
 
-def overlapping_queries(network: IPNetwork, *, active_only: bool = True) -> list[Any]:
-    """The two index-friendly SELECTs whose union is every listing covering or overlapping ``network``.
+def _overlap_statement(columns: Sequence[Any], active_only: bool) -> Any:
+    """The union of the two index-friendly SELECTs that find every listing overlapping a network:
 
-    1. listings starting inside ``network`` (a range scan on ``(version, start_key)``);
-    2. listings starting at one of the supernet boundaries of ``network`` and reaching its end
-       (at most 33/129 exact key probes).
-    Kept as two statements: an OR of both defeats the index on SQLite.
+    1. listings starting inside it (a range scan on ``(version, start_key)``);
+    2. listings starting at one of its supernet boundaries and reaching its end (at most 33/129 exact
+       key probes; CIDRs either nest or are disjoint, so nothing else can overlap).
+    Kept as two statements: an OR of both defeats the index on SQLite. Built once per shape, so the hot
+    path only binds values.
     """
-    version, start, end = network_keys(network)
-    keys = sorted({key for _plen, key in supernet_keys(network)})
-    inside = select(Listing).where(Listing.version == version, Listing.start_key.between(start, end))
-    covering = select(Listing).where(
-        Listing.version == version, Listing.start_key.in_(keys), Listing.end_key >= end
-    )
-    if active_only:
-        inside = inside.where(Listing.active.is_(True))
-        covering = covering.where(Listing.active.is_(True))
-    return [inside, covering]
-
-
-def _build_overlap_statement(active_only: bool) -> Any:
     version: Any = bindparam("version")
     start: Any = bindparam("start")
     end: Any = bindparam("end")
     keys: Any = bindparam("keys", expanding=True)
-    inside = select(Listing).where(Listing.version == version, Listing.start_key.between(start, end))
-    covering = select(Listing).where(
+    inside = select(*columns).where(Listing.version == version, Listing.start_key.between(start, end))
+    covering = select(*columns).where(
         Listing.version == version, Listing.start_key.in_(keys), Listing.end_key >= end
     )
     if active_only:
         inside = inside.where(Listing.active.is_(True))
         covering = covering.where(Listing.active.is_(True))
-    return select(Listing).from_statement(union_all(inside, covering))
+    return union_all(inside, covering)
 
 
-# Built once: the hot look-up path only binds values (no statement construction per call).
-_OVERLAP = {flag: _build_overlap_statement(flag) for flag in (True, False)}
+# What a look-up shows of a listing: enough for the API and the public page, without ORM objects.
+ROW_COLUMNS = (
+    Listing.id,
+    Listing.network,
+    Listing.version,
+    Listing.prefixlen,
+    Listing.start_key,
+    Listing.reason,
+    Listing.listed_at,
+    Listing.source,
+    Listing.active,
+    Listing.removed_at,
+)
+_OVERLAP = {
+    flag: select(Listing).from_statement(_overlap_statement([Listing], flag)) for flag in (True, False)
+}
+_OVERLAP_ROWS = {flag: _overlap_statement(ROW_COLUMNS, flag) for flag in (True, False)}
 
 
-def find_overlapping(session: Session, network: IPNetwork, *, active_only: bool = True) -> list[Listing]:
+def _overlap_params(network: IPNetwork) -> dict[str, Any]:
     version, start, end = network_keys(network)
-    params = {
+    return {
         "version": version,
         "start": start,
         "end": end,
         "keys": sorted({key for _plen, key in supernet_keys(network)}),
     }
-    found = {listing.id: listing for listing in session.scalars(_OVERLAP[active_only], params)}
+
+
+def find_overlapping(session: Session, network: IPNetwork, *, active_only: bool = True) -> list[Listing]:
+    """Every listing that covers or overlaps ``network``, as ORM objects (to change them)."""
+    found = {item.id: item for item in session.scalars(_OVERLAP[active_only], _overlap_params(network))}
     return sorted(found.values(), key=lambda item: (item.start_key, item.prefixlen))
 
 
-def coverage_of(network: IPNetwork, listings: Sequence[Listing]) -> Coverage:
+def find_overlapping_rows(session: Session, network: IPNetwork, *, active_only: bool = True) -> list[Any]:
+    """As :func:`find_overlapping`, but read-only rows (``ROW_COLUMNS``): the fast path for look-ups."""
+    found = {row.id: row for row in session.execute(_OVERLAP_ROWS[active_only], _overlap_params(network))}
+    return sorted(found.values(), key=lambda row: (row.start_key, row.prefixlen))
+
+
+def coverage_of(network: IPNetwork, listings: Sequence[Any]) -> Coverage:
     """Whether ``network`` is fully, partly or not at all covered by ``listings`` (assumed overlapping)."""
     if not listings:
         return Coverage.NOT_LISTED
@@ -87,7 +100,8 @@ def coverage_of(network: IPNetwork, listings: Sequence[Listing]) -> Coverage:
     return Coverage.LISTED if covered >= network.num_addresses else Coverage.PARTLY_LISTED
 
 
-def listing_to_dict(listing: Listing, query: IPNetwork | None = None) -> dict[str, Any]:
+def listing_to_dict(listing: Any, query: IPNetwork | None = None) -> dict[str, Any]:
+    """A listing (ORM object or look-up row) as JSON."""
     net = ipaddress.ip_network(listing.network)
     relation = "equal"
     if query is not None and net != query:
@@ -103,7 +117,7 @@ def listing_to_dict(listing: Listing, query: IPNetwork | None = None) -> dict[st
 
 
 def lookup(session: Session, network: IPNetwork) -> dict[str, Any]:
-    listings = find_overlapping(session, network)
+    listings = find_overlapping_rows(session, network)
     return {
         "query": str(network),
         "listed": bool(listings),

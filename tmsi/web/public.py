@@ -17,7 +17,7 @@ from tmsi.app import get_db, get_settings
 from tmsi.config import Settings
 from tmsi.domain.networks import IPAddress, NetworkError, parse_address
 from tmsi.domain.zone import lookup_url
-from tmsi.services.listings import find_overlapping
+from tmsi.services.listings import find_overlapping_rows
 from tmsi.web.extensions import limiter
 
 bp = Blueprint("public", __name__)
@@ -93,7 +93,7 @@ def listing_status(session: Session, settings: Settings, address: IPAddress) -> 
     """Public facts about ``address``: listed or not, since when, why, and when it was last removed."""
     network = ipaddress.ip_network(address)
     # one index look-up for both: what lists it now, and when it was last removed
-    ever = find_overlapping(session, network, active_only=False)
+    ever = find_overlapping_rows(session, network, active_only=False)
     active = [item for item in ever if item.active]
     data: dict[str, Any] = {
         "ip": str(address),
