@@ -110,50 +110,44 @@ def test_auditor_token_reads_but_cannot_act(client, factory):
 
 
 def test_every_action_through_the_api(app, client, factory, bot):
-    from tmsi.services import decide
-
     calls = []
     app.extensions["tmsi.verify_dispatch"] = lambda settings, fac, ids, actor: calls.append(ids) or "started"
-    decide.set_delister(decide.builtin_delist)
-    try:
-        ref = make_case(factory, targets=("203.0.113.0/30", "203.0.113.8/30"), listings=("203.0.113.0/24",))
-        other = make_case(factory, targets=("203.0.113.64/32",), listings=())
-        detail = client.get(f"/api/v1/cases/{ref}", headers=bot).json
-        first, second = (t["id"] for t in detail["targets"])
+    ref = make_case(factory, targets=("203.0.113.0/30", "203.0.113.8/30"), listings=("203.0.113.0/24",))
+    other = make_case(factory, targets=("203.0.113.64/32",), listings=())
+    detail = client.get(f"/api/v1/cases/{ref}", headers=bot).json
+    first, second = (t["id"] for t in detail["targets"])
 
-        def act(action, **body):
-            response = client.post(f"/api/v1/cases/{ref}/{action}", json=body, headers=bot)
-            assert response.status_code == 200, (action, response.json)
-            return response.json
+    def act(action, **body):
+        response = client.post(f"/api/v1/cases/{ref}/{action}", json=body, headers=bot)
+        assert response.status_code == 200, (action, response.json)
+        return response.json
 
-        assert act("verify", targets=[first])["verification"] == "started" and calls == [[first]]
-        assert act("merge", cases=[other])["message"].startswith(f"Merged {other}")
-        new_ref = act("split", targets=[second])["data"]["new_case"]
-        assert act("delist", targets=[first], only="203.0.113.1")["data"]["removed"] == ["203.0.113.1/32"]
-        assert act("ask", question="Anything else?")["case"]["status"] == "awaiting_requester"
-        reply = act("reply", template="ask_information", body="Plain body", subject="About your request")
-        outbox_id = reply["data"]["outbox_id"]
-        assert act("retry", outbox=outbox_id)["ok"]
-        assert act("reject", reason="still generic", send=False)["case"]["status"] == "rejected"
-        assert act("close", resolution="rejected")["case"]["status"] == "closed"
-        assert act("reopen")["case"]["status"] == "new"
-        assert act("spam")["case"]["resolution"] == "spam"
-        final = client.get(f"/api/v1/cases/{ref}", headers=bot).json
-        assert sorted(t["network"] for t in final["targets"]) == ["203.0.113.0/30", "203.0.113.64/32"]
-        new = client.get(f"/api/v1/cases/{new_ref}", headers=bot).json
-        assert [t["network"] for t in new["targets"]] == ["203.0.113.8/30"]
-        actions = [e["action"] for e in final["timeline"]]
-        for expected in (
-            "case.verify_requested",
-            "case.merged",
-            "case.split",
-            "target.delisted",
-            "reply.queued",
-            "reply.retry",
-            "case.status",
-        ):
-            assert expected in actions, expected
-        bad = client.post(f"/api/v1/cases/{ref}/close", json={"resolution": "bogus"}, headers=bot)
-        assert bad.status_code == 400 and "unknown resolution" in bad.json["message"]
-    finally:
-        decide.set_delister(None)
+    assert act("verify", targets=[first])["verification"] == "started" and calls == [[first]]
+    assert act("merge", cases=[other])["message"].startswith(f"Merged {other}")
+    new_ref = act("split", targets=[second])["data"]["new_case"]
+    assert act("delist", targets=[first], only="203.0.113.1")["data"]["removed"] == ["203.0.113.1/32"]
+    assert act("ask", question="Anything else?")["case"]["status"] == "awaiting_requester"
+    reply = act("reply", template="ask_information", body="Plain body", subject="About your request")
+    outbox_id = reply["data"]["outbox_id"]
+    assert act("retry", outbox=outbox_id)["ok"]
+    assert act("reject", reason="still generic", send=False)["case"]["status"] == "rejected"
+    assert act("close", resolution="rejected")["case"]["status"] == "closed"
+    assert act("reopen")["case"]["status"] == "new"
+    assert act("spam")["case"]["resolution"] == "spam"
+    final = client.get(f"/api/v1/cases/{ref}", headers=bot).json
+    assert sorted(t["network"] for t in final["targets"]) == ["203.0.113.0/30", "203.0.113.64/32"]
+    new = client.get(f"/api/v1/cases/{new_ref}", headers=bot).json
+    assert [t["network"] for t in new["targets"]] == ["203.0.113.8/30"]
+    actions = [e["action"] for e in final["timeline"]]
+    for expected in (
+        "case.verify_requested",
+        "case.merged",
+        "case.split",
+        "target.delisted",
+        "reply.queued",
+        "reply.retry",
+        "case.status",
+    ):
+        assert expected in actions, expected
+    bad = client.post(f"/api/v1/cases/{ref}/close", json={"resolution": "bogus"}, headers=bot)
+    assert bad.status_code == 400 and "unknown resolution" in bad.json["message"]

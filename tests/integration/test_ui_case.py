@@ -232,25 +232,7 @@ def test_verify_now_dispatches_after_commit(app, client, factory):
     assert [e.action for e in _events(factory, ref)][-2:] == ["case.verify_requested", "case.status"]
 
 
-@pytest.fixture(params=["builtin", "engine"])
-def delister(request):
-    """Both the built-in splitter and the delisting engine (tmsi.services.delist) when it can run here."""
-    from tmsi.services import decide
-
-    if request.param == "builtin":
-        decide.set_delister(decide.builtin_delist)
-    else:
-        try:
-            import tmsi.services.delist
-            import tmsi.services.export  # noqa: F401
-        except ImportError as exc:
-            pytest.skip(f"delisting engine not complete yet: {exc}")
-        decide.set_delister(None)
-    yield request.param
-    decide.set_delister(None)
-
-
-def test_partial_delisting_splits_the_listing(client, factory, delister):
+def test_partial_delisting_splits_the_listing(client, factory):
     ref = make_case(factory, targets=("203.0.113.0/29",), listings=("203.0.113.0/24",))
     signed_in(client, factory, "analyst")
     case = _case(factory, ref)

@@ -2,8 +2,8 @@
 reopen. Each checks the optimistic lock and the form's idempotency token, writes audit events through
 ``cases.transition``/``audit.record``, and never commits.
 
-Integration points owned by other modules are reached through small indirections (``set_delister``,
-``dispatch_verification``) so that they can be replaced in tests and filled in as the pieces land.
+Verification is started through ``dispatch_verification`` (a job queue when there is one); listings are
+split by :mod:`tmsi.services.delist`.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from tmsi.config import Settings
 from tmsi.db import utcnow
-from tmsi.domain.networks import IPNetwork, NetworkError, exclude, parse_network
+from tmsi.domain.networks import IPNetwork, NetworkError, parse_network
 from tmsi.models import (
     AuditEvent,
     Case,
@@ -33,9 +33,6 @@ from tmsi.models import (
     Coverage,
     Delisting,
     DnsCheck,
-    Listing,
-    ListingEvent,
-    ListingEventKind,
     Message,
     OutboxMessage,
     OutboxStatus,
@@ -45,6 +42,7 @@ from tmsi.models import (
     User,
 )
 from tmsi.services import audit, cases, replies
+from tmsi.services import delist as delist_engine
 from tmsi.services.listings import coverage_of, find_overlapping
 from tmsi.services.users import Actor
 
@@ -324,102 +322,6 @@ def dispatch_verification(
 
 
 # --- delisting ----------------------------------------------------------------------------------
-class Delister(Protocol):
-    def __call__(
-        self, session: Session, *, case: Case, target: CaseTarget, network: IPNetwork, actor: Actor
-    ) -> list[str]: ...
-
-
-def builtin_delist(
-    session: Session, *, case: Case, target: CaseTarget, network: IPNetwork, actor: Actor
-) -> list[str]:
-    """Remove ``network`` from the active listings, splitting any wider listing; returns what was removed.
-
-    Used until ``tmsi.services.delist`` provides ``delist_network`` (same keyword signature).
-    """
-    now = utcnow()
-    removed: list[str] = []
-    for listing in find_overlapping(session, network):
-        net = ipaddress.ip_network(listing.network)
-        listing.active = False
-        listing.removed_at = now
-        session.flush()
-        if net.subnet_of(network):  # type: ignore[arg-type]
-            removed.append(listing.network)
-            session.add(
-                ListingEvent(
-                    listing_id=listing.id,
-                    kind=ListingEventKind.DELISTED,
-                    at=now,
-                    actor=actor.email,
-                    case_id=case.id,
-                    removed_network=listing.network,
-                    detail={"target": target.network},
-                )
-            )
-            continue
-        children = exclude(net, network)
-        for child in children:
-            session.add(
-                Listing(
-                    network=str(child),
-                    version=child.version,
-                    prefixlen=child.prefixlen,
-                    start_key=child.network_address.packed,
-                    end_key=child.broadcast_address.packed,
-                    reason=listing.reason,
-                    listed_at=listing.listed_at,
-                    source=listing.source,
-                    evidence=dict(listing.evidence or {}),
-                    active=True,
-                    parent_id=listing.id,
-                    created_at=now,
-                )
-            )
-        removed.append(str(network))
-        session.add(
-            ListingEvent(
-                listing_id=listing.id,
-                kind=ListingEventKind.SPLIT,
-                at=now,
-                actor=actor.email,
-                case_id=case.id,
-                removed_network=str(network),
-                detail={"children": [str(c) for c in children], "target": target.network},
-            )
-        )
-    session.add(
-        Delisting(
-            case_id=case.id,
-            target_id=target.id,
-            network=str(network),
-            actor=actor.email,
-            at=now,
-            propagation_status="pending",
-        )
-    )
-    session.flush()
-    return removed
-
-
-def _engine_delister() -> Delister:
-    try:
-        delist = importlib.import_module("tmsi.services.delist")
-    except ImportError:
-        return builtin_delist
-    engine: Delister | None = getattr(delist, "delist_network", None)
-    return engine or builtin_delist
-
-
-_delister: Delister | None = None
-
-
-def set_delister(delister: Delister | None) -> None:
-    """Replace the delisting engine (tests); None restores the default look-up."""
-    global _delister
-    _delister = delister
-
-
 def _inside(net: IPNetwork, network_text: str) -> bool:
     outer = ipaddress.ip_network(network_text)
     return net.version == outer.version and net.subnet_of(outer)  # type: ignore[arg-type]
@@ -462,12 +364,13 @@ def delist(
     guard(session, case, expected_version, token)
     if not selection:
         raise DecisionError("nothing selected to delist")
-    engine = _delister or _engine_delister()
     now = utcnow()
     removed: list[str] = []
     for target, network in selection:
         before = {"status": target.status.value, "coverage": target.coverage.value}
-        removed.extend(engine(session, case=case, target=target, network=network, actor=actor))
+        removed.extend(
+            delist_engine.delist_network(session, case=case, target=target, network=network, actor=actor)
+        )
         target_net = ipaddress.ip_network(target.network)
         remaining = find_overlapping(session, target_net)
         target.coverage = coverage_of(target_net, remaining)
