@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import importlib
 import ipaddress
 import logging
 import multiprocessing
@@ -63,6 +62,7 @@ from tmsi.models import (
     TargetStatus,
     VerificationRun,
 )
+from tmsi.services.delist import delist_targets
 
 log = logging.getLogger(__name__)
 
@@ -752,14 +752,8 @@ def verify_target(
 # --- what the outcome means for the case --------------------------------------------------------
 
 
-def _default_delist() -> DelistFunc | None:
-    try:
-        delist = importlib.import_module(
-            "tmsi.services.delist"
-        )  # another engineer's; optional until it lands
-    except ImportError:
-        return None
-    return getattr(delist, "delist_targets", None)
+def _default_delist() -> DelistFunc:
+    return delist_targets
 
 
 def settle_case(
