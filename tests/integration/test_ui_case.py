@@ -380,3 +380,26 @@ def test_dispatch_uses_the_task_queue_or_a_thread(settings, factory, monkeypatch
     settings.huey_storage = "memory"
     assert decide.dispatch_verification(settings, factory, [5], "a@example.test") == "started"
     assert done.wait(5) and ran == [(5, "manual", "a@example.test")]
+
+
+def test_case_page_shows_each_authority_check_escaped(client, factory):
+    ref = make_case(factory, targets=("203.0.113.0/30",))
+    with unit_of_work(factory) as db:
+        case = cases.get_by_reference(db, ref)
+        case.authority_result = CheckResult.FAIL
+        case.authority_evidence = {
+            "result": "fail",
+            "sender": "noc@isp.example",
+            "flags": ["lookalike sender domain <b>"],
+            "checks": [
+                "DMARC: none for isp.example",
+                "PTR registered domain: other.example <script>x</script>",
+            ],
+            "targets": [{"network": "203.0.113.0/30", "result": "fail", "via": "", "reasons": ["no match"]}],
+        }
+    signed_in(client, factory, "analyst")
+    html = client.get(f"/cases/{ref}").get_data(as_text=True)
+    assert "<li>DMARC: none for isp.example</li>" in html
+    assert "&lt;script&gt;x&lt;/script&gt;" in html and "<script>x</script>" not in html
+    assert 'id="authority-flags"' in html and "lookalike sender domain &lt;b&gt;" in html
+    assert 'id="authority-targets"' in html and "no match" in html
