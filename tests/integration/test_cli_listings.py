@@ -70,3 +70,21 @@ def test_rbldnsd_import_and_lookup(run, tmp_path):
 def test_lookup_rejects_bad_input(run):
     result = CliRunner().invoke(main, ["listings", "lookup", "203.0.113.7/24"])
     assert result.exit_code == 2 and "host bits set" in result.output
+
+
+def test_export_to_a_new_directory_and_to_a_file(run, tmp_path):
+    path = tmp_path / "dul.csv"
+    path.write_text("203.0.113.0/24,generic\n2001:db8:1::/48,pool\n")
+    assert run("listings", "import", str(path)).exit_code == 0
+    outdir = tmp_path / "zone"
+    result = run("listings", "export", "--format", "rbldnsd", f"{outdir}/")
+    assert result.exit_code == 0, result.output
+    files = sorted(p.name for p in outdir.iterdir())
+    assert len(files) == 2 and files[0].endswith(".ip4set") and files[1].endswith(".ip6trie")
+    assert "203.0.113.0/24" in (outdir / files[0]).read_text()
+    assert "2001:db8:1::/48" in (outdir / files[1]).read_text()
+    single = tmp_path / "dul.zone"
+    assert run("listings", "export", str(single)).exit_code == 0
+    text = single.read_text()
+    assert "203.0.113.0/24" in text and "2001:db8:1::/48" in text
+    assert not list(tmp_path.glob("*.tmp*"))  # written through a temp file and renamed

@@ -67,12 +67,12 @@ def lookup_cmd(query: str) -> None:
 
 @listings.command("export")
 @click.option("--format", "fmt", type=click.Choice(["rbldnsd"]), default="rbldnsd", show_default=True)
-@click.argument("out", type=click.Path(dir_okay=True, path_type=Path))
-def export_cmd(fmt: str, out: Path) -> None:
+@click.argument("out", type=click.Path(dir_okay=True))  # a str: a trailing "/" means "a directory"
+def export_cmd(fmt: str, out: str) -> None:
     """Write the active listings as an rbldnsd zone to OUT (temp file + rename: never half-written).
 
-    OUT is a file (IPv4 and IPv6 entries, ip4set/ip6trie dataset lines) or a directory, which receives
-    ``<zone>.ip4set`` and ``<zone>.ip6trie``.
+    OUT is a file (one combined dataset: ip4set and ip6trie sections) or a directory (an existing one, or
+    a path ending in "/"), which receives ``<zone>.ip4set`` and ``<zone>.ip6trie``.
     """
     from tmsi.services.export import export_zone
 
