@@ -496,3 +496,18 @@ def test_parallel_workers_from_a_threaded_process_use_forkserver(monkeypatch):
     assert (summary.passed, summary.failed) == (4096, 4096)
     assert summary.as_dict()["failing"][0]["count"] == 4096
     assert contexts == ["forkserver"]
+
+
+def test_the_leads_policy_can_turn_automatic_delisting_on(session, settings):
+    from tmsi.services import policy
+
+    calls = []
+    fake = FakeResolver().host("192.0.2.7", "static-7.isp.example")
+    settings.auto_delist = False
+    proven = new_case(session, "192.0.2.7/32", authority=CheckResult.PASS)
+    verify.verify_target(session, proven.targets[0], fake, settings=settings)
+    policy.set_value(session, "auto_delist", "yes", actor="lead@example.test")
+    result = verify.settle_case(
+        session, proven, settings, delist=lambda *a, **k: calls.append(a[1].reference)
+    )
+    assert result == "delisted" and calls == [proven.reference]

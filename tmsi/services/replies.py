@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from tmsi.config import Settings
 from tmsi.db import utcnow
 from tmsi.models import Case, Direction, Message, OutboxMessage, ReplyTemplate
-from tmsi.services import audit, outbox, propagation
+from tmsi.services import audit, outbox, policy, propagation
 
 _ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
@@ -177,11 +177,10 @@ def queue_reply(
         suppressed = "recipient is our own mailbox"
     elif automatic and (case.flags or {}).get("auto_generated"):
         suppressed = "the case's last message was auto-generated"
-    elif (
-        automatic
-        and automatic_replies_last_hour(session, recipient, now) >= settings.autoreply_per_sender_per_hour
+    elif automatic and automatic_replies_last_hour(session, recipient, now) >= (
+        limit := policy.effective(session, settings).autoreply_per_sender_per_hour
     ):
-        suppressed = f"rate limit: {settings.autoreply_per_sender_per_hour} automatic replies per hour"
+        suppressed = f"rate limit: {limit} automatic replies per hour"
     if suppressed:
         audit.record(
             session,

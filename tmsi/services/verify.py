@@ -783,9 +783,10 @@ def settle_case(
         return "unchanged"
     if all(t.status == TargetStatus.PASS for t in checked):
         delist_fn = _default_delist() if delist is True else (delist or None)
+        from tmsi.services import policy
         from tmsi.services.authority import is_auto_delist_eligible
 
-        if callable(delist_fn) and is_auto_delist_eligible(case, settings):
+        if callable(delist_fn) and is_auto_delist_eligible(case, policy.effective(session, settings)):
             audit.record(
                 session,
                 action="verify.auto_delist",

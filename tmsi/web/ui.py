@@ -54,7 +54,7 @@ from tmsi.models import (
     User,
     VerificationRun,
 )
-from tmsi.services import audit, cases, decide, replies, users
+from tmsi.services import audit, cases, decide, policy, replies, users
 from tmsi.services import queue as queue_svc
 from tmsi.services.listings import find_overlapping
 from tmsi.services.outbox import HeaderInjection
@@ -619,6 +619,43 @@ def template_edit(key: str) -> Any:
             preview=preview,
             reference=reference or preview.get("reference", ""),
         ), status
+
+
+@bp.route("/policy", methods=["GET", "POST"])
+@role_required(AUDIT_ROLES)
+def policy_page() -> Any:
+    """Run-time policy (leads and admins change it; auditors read it); every change is audited."""
+    user = require_user()
+    settings = get_settings()
+    status = 200
+    error = ""
+    with get_db().factory() as db:
+        if request.method == "POST":
+            if user.role not in TEMPLATE_ROLES:
+                abort(403, description="only leads and admins change the policy")
+            try:
+                for key in policy.POLICY:
+                    if key in request.form:
+                        policy.set_value(db, key, request.form[key], actor=user.email, actor_id=user.id)
+            except policy.PolicyError as exc:
+                db.rollback()
+                error, status = str(exc), 400
+            else:
+                db.commit()
+                flash("Policy saved.", "success")
+                return redirect(url_for("ui.policy_page"))
+        stored = policy.overrides(db)
+    effective = settings.model_copy(update=stored)
+    rows = [
+        {
+            "spec": spec,
+            "value": getattr(effective, key),
+            "default": getattr(settings, key),
+            "overridden": key in stored,
+        }
+        for key, spec in policy.POLICY.items()
+    ]
+    return render_template("ui/policy.html", rows=rows, error=error), status
 
 
 @bp.post("/templates/preview")
