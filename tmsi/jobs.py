@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -25,6 +26,7 @@ from huey import Huey, MemoryHuey, RedisExpireHuey, SqliteHuey
 from huey.exceptions import TaskLockedException
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
 
 from tmsi.config import Settings
 from tmsi.db import make_engine, make_sessionmaker, unit_of_work, utcnow
@@ -303,7 +305,7 @@ def run_job(name: str, settings: Settings, factory: sessionmaker[Session]) -> Jo
                 return JobResult(name, False, reason=f"lease {lease} held elsewhere")
         started = time.monotonic()
         try:
-            result = func(settings, factory)
+            result = retry_on_conflict(name, lambda: func(settings, factory))
         finally:
             if keeper is not None:
                 keeper.release()
@@ -324,7 +326,25 @@ def _fanout_items(schedule: Schedule, result: Any) -> list[Any]:
 def run_target(target: str, settings: Settings, factory: sessionmaker[Session], *args: Any) -> Any:
     """Run one fanned-out work item, e.g. one chunk of a long range verification."""
     with bound(job=target.rpartition(":")[2]):
-        return resolve(target)(settings, factory, *args)
+        func = resolve(target)
+        return retry_on_conflict(target, lambda: func(settings, factory, *args))
+
+
+CONFLICT_ATTEMPTS = 3
+
+
+def retry_on_conflict(name: str, call: Callable[[], Any]) -> Any:
+    """Run ``call``; if another worker changed the same case meanwhile (the case's optimistic lock,
+    ``StaleDataError``), its transaction was rolled back whole: run it again on fresh rows, a few times."""
+    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        try:
+            return call()
+        except StaleDataError:
+            if attempt == CONFLICT_ATTEMPTS:
+                raise
+            log.info("job %s met a concurrent update; retrying (%d/%d)", name, attempt, CONFLICT_ATTEMPTS)
+            time.sleep(random.uniform(0.05, 0.3) * attempt)
+    raise AssertionError("unreachable")
 
 
 # ---- sweeps that feed fan-out ---------------------------------------------------------------------

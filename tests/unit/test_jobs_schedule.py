@@ -124,3 +124,28 @@ def test_deferred_ingest_is_processed_only_when_enabled() -> None:
     assert callable(resolve(schedule.target))
     assert not schedule.enabled(_settings())
     assert schedule.enabled(_settings(ingest_defer=True))
+
+
+def test_a_concurrent_update_is_retried_then_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy.orm.exc import StaleDataError
+
+    import tmsi.jobs as jobs
+
+    monkeypatch.setattr(jobs.time, "sleep", lambda _s: None)
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise StaleDataError(
+                "UPDATE statement on table 'cases' expected to update 1 row(s); 0 were matched."
+            )
+        return "done"
+
+    assert jobs.retry_on_conflict("evaluate_authority", flaky) == "done" and len(calls) == 3
+
+    def always() -> str:
+        raise StaleDataError("conflict")
+
+    with pytest.raises(StaleDataError):
+        jobs.retry_on_conflict("evaluate_authority", always)
