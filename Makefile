@@ -17,9 +17,9 @@ lint:
 	.venv/bin/ruff format --check tmsi tests bench
 	.venv/bin/mypy
 
-bench:
+bench:  # make bench NAME=listings ARGS="--db sqlite"; without NAME: the list
 	scripts/bootstrap --dev
-	.venv/bin/python -m bench
+	.venv/bin/python -m bench $(NAME) $(ARGS)
 
 migration:
 	scripts/regen-migration
