@@ -122,6 +122,8 @@ class OutboxMessage(Base):
     sent_at: Mapped[timestamp_opt]
     created_by: Mapped[str255] = mapped_column(default="system")
 
+    case: Mapped[Case | None] = relationship()
+
 
 class ReplyTemplate(Base):
     """A reply a lead can edit (rendered in a sandboxed Jinja environment)."""

@@ -80,7 +80,6 @@ def open_case(
         authority_evidence={},
     )
     session.add(case)
-    session.flush()
     audit.record(session, action="case.opened", actor=actor, case=case, after={"status": case.status.value})
     return case
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -125,7 +125,7 @@ def _record_delivery(session: Session, message: Message, delivery: Delivery | No
         return
     session.add(
         MessageDelivery(
-            message_id=message.id,
+            message=message,
             mailbox=delivery.mailbox[:255],
             folder=delivery.folder[:255],
             uidvalidity=delivery.uidvalidity,
@@ -135,17 +135,18 @@ def _record_delivery(session: Session, message: Message, delivery: Delivery | No
     )
 
 
-def _duplicate(session: Session, existing: Message, delivery: Delivery | None, now: datetime) -> IngestResult:
+def _duplicate(
+    session: Session, existing: Message, delivery: Delivery | None, now: datetime, batch: Batch | None
+) -> IngestResult:
     """The same message again: one more delivery of the stored row, never processed twice."""
     renumbered = seen_before = False
     if delivery is not None:
-        earlier = session.execute(
-            select(MessageDelivery.uidvalidity, MessageDelivery.uid).where(
-                MessageDelivery.message_id == existing.id,
-                MessageDelivery.mailbox == delivery.mailbox[:255],
-                MessageDelivery.folder == delivery.folder[:255],
-            )
-        ).all()
+        # The relationship, not a query: a message stored earlier in the same batch is not flushed yet.
+        earlier = [
+            (d.uidvalidity, d.uid)
+            for d in existing.deliveries
+            if d.mailbox == delivery.mailbox[:255] and d.folder == delivery.folder[:255]
+        ]
         validities = {validity for validity, _ in earlier}
         # Seen in this folder under another UIDVALIDITY: the server renumbered the folder, it is the same
         # delivery (left in the folder by a crash before the move), not a second one.
@@ -155,14 +156,19 @@ def _duplicate(session: Session, existing: Message, delivery: Delivery | None, n
             _record_delivery(session, existing, delivery, now)
     if not (renumbered or seen_before):
         existing.delivery_count = (existing.delivery_count or 1) + 1
-    session.flush()
+    if batch is None:
+        session.flush()
     log.info("message %s (%s) delivered again; not processed twice", existing.id, existing.message_id_header)
-    return IngestResult(
-        message_id=existing.id,
-        status=existing.status.value,
-        kind=existing.kind.value if existing.kind else None,
-        case_reference=existing.case.reference if existing.case is not None else None,
-        duplicate=True,
+    return _track(
+        batch,
+        existing,
+        IngestResult(
+            message_id=existing.id,
+            status=existing.status.value,
+            kind=existing.kind.value if existing.kind else None,
+            case_reference=existing.case.reference if existing.case is not None else None,
+            duplicate=True,
+        ),
     )
 
 
@@ -175,6 +181,59 @@ def _parse(raw: bytes, settings: Settings) -> tuple[ParsedMessage | None, str | 
     except Exception as exc:  # a parser bug on odd input: keep the mail, quarantine it, tell us
         log.exception("mail parser crashed on a %d-byte message", len(raw))
         return None, f"parser crashed: {type(exc).__name__}: {exc}"
+
+
+@dataclass
+class Batch:
+    """Several messages processed in one transaction (a fetched IMAP batch) with one flush at the end.
+
+    The database does not see the batch's new rows until then, so what later messages of the batch must
+    find is kept here: dedupe keys, Message-IDs and case references of the messages and cases it created.
+    The audit events and replies are collected (``audit.deferred``, ``replies.batch_cache``).
+    """
+
+    by_key: dict[str, Message] = field(default_factory=dict)
+    by_header: dict[str, Message] = field(default_factory=dict)
+    cases_by_reference: dict[str, Case] = field(default_factory=dict)
+    results: list[tuple[IngestResult, Message]] = field(default_factory=list)
+
+    def prefetch(self, session: Session, keys: Iterable[str]) -> None:
+        """The stored messages with any of ``keys``: one query for the batch instead of one per message."""
+        wanted = list(dict.fromkeys(keys))
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            for message in session.scalars(select(Message).where(Message.dedupe_key.in_(chunk))):
+                self.by_key.setdefault(message.dedupe_key, message)
+
+    def finish(self) -> None:
+        """After the flush: every result gets its message's id."""
+        for result, message in self.results:
+            result.message_id = message.id
+
+
+def _track(batch: Batch | None, message: Message, result: IngestResult) -> IngestResult:
+    if batch is not None:
+        batch.results.append((result, message))
+    return result
+
+
+@dataclass
+class Prepared:
+    """A received message, parsed (or not): everything decided before touching the database."""
+
+    raw: bytes
+    content_hash: str
+    parsed: ParsedMessage | None
+    error: str | None
+    key: str
+
+
+def prepare(raw: bytes, settings: Settings) -> Prepared:
+    raw = bytes(raw)
+    content_hash = hashlib.sha256(raw).hexdigest()
+    parsed, error = _parse(raw, settings)
+    key = dedupe_key(parsed) if parsed is not None else f"raw:{content_hash}"
+    return Prepared(raw, content_hash, parsed, error, key)
 
 
 def process_message(
@@ -193,24 +252,41 @@ def process_message(
     the reason; a message already stored (same dedupe key) only gets one more delivery recorded.
     With ``defer`` it stays ``stored`` for :func:`process_stored` (workers, in parallel).
     """
-    now = now or utcnow()
-    raw = bytes(raw)
-    content_hash = hashlib.sha256(raw).hexdigest()
-    parsed, error = _parse(raw, settings)
-    key = dedupe_key(parsed) if parsed is not None else f"raw:{content_hash}"
+    return store_and_process(
+        session, prepare(raw, settings), settings, source=source, delivery=delivery, defer=defer, now=now
+    )
 
-    existing = session.scalar(select(Message).where(Message.dedupe_key == key))
+
+def store_and_process(
+    session: Session,
+    item: Prepared,
+    settings: Settings,
+    *,
+    source: str,
+    delivery: Delivery | None = None,
+    defer: bool = False,
+    now: datetime | None = None,
+    batch: Batch | None = None,
+) -> IngestResult:
+    """:func:`process_message` on a prepared message; inside a :class:`Batch` (see :func:`process_batch`)
+    nothing is flushed and a processing error propagates (the batch is redone one message at a time)."""
+    now = now or utcnow()
+    parsed, key = item.parsed, item.key
+    if batch is not None:
+        existing = batch.by_key.get(key)
+    else:
+        existing = session.scalar(select(Message).where(Message.dedupe_key == key))
     if existing is not None:
-        return _duplicate(session, existing, delivery, now)
+        return _duplicate(session, existing, delivery, now, batch)
 
     message = Message(
         direction=Direction.IN,
         status=MessageStatus.STORED,
         dedupe_key=key,
         message_id_header=_clean(parsed.message_id if parsed else "", 998),
-        content_hash=content_hash,
-        raw=raw,
-        raw_size=len(raw),
+        content_hash=item.content_hash,
+        raw=item.raw,
+        raw_size=len(item.raw),
         to_addrs=[],
         references=[],
         headers=[],
@@ -222,16 +298,62 @@ def process_message(
         delivery_count=1,
     )
     session.add(message)
-    session.flush()
+    if batch is None:
+        session.flush()
+    else:
+        batch.by_key[key] = message
+        if message.message_id_header:
+            batch.by_header.setdefault(message.message_id_header, message)
     _record_delivery(session, message, delivery, now)
 
     if parsed is None:
-        _quarantine(message, f"cannot parse: {error}", parse_error=error, now=now)
-        return IngestResult(message_id=message.id, status=message.status.value, error=error)
+        _quarantine(message, f"cannot parse: {item.error}", parse_error=item.error, now=now)
+        return _track(batch, message, IngestResult(message.id, message.status.value, error=item.error))
     if defer:
-        session.flush()
-        return IngestResult(message_id=message.id, status=message.status.value)
+        if batch is None:
+            session.flush()
+        return _track(batch, message, IngestResult(message_id=message.id, status=message.status.value))
+    if batch is not None:
+        return _track(batch, message, _process(session, message, parsed, settings, now, batch))
     return _process_guarded(session, message, parsed, settings, now)
+
+
+def process_batch(
+    session: Session,
+    items: list[tuple[Prepared, Delivery | None]],
+    settings: Settings,
+    *,
+    source: str,
+    defer: bool = False,
+    now: datetime | None = None,
+) -> list[IngestResult]:
+    """Store and process several messages in the caller's transaction, with one flush at the end.
+
+    All or nothing: if processing any message raises, the exception propagates and the caller rolls the
+    batch back and processes its messages one per transaction (where a failure quarantines just that
+    message). This is the fast path of the poller; the outcome is the same as one message at a time.
+    """
+    now = now or utcnow()
+    batch = Batch()
+    batch.prefetch(session, (item.key for item, _ in items))
+    results = []
+    with session.no_autoflush, audit.deferred(session), replies.batch_cache(session):
+        for item, delivery in items:
+            results.append(
+                store_and_process(
+                    session,
+                    item,
+                    settings,
+                    source=source,
+                    delivery=delivery,
+                    defer=defer,
+                    now=now,
+                    batch=batch,
+                )
+            )
+    session.flush()
+    batch.finish()
+    return results
 
 
 def _quarantine(message: Message, reason: str, *, parse_error: str | None = None, now: datetime) -> None:
@@ -306,17 +428,25 @@ class Thread:
     waiting_for: int | None = None
 
 
-def find_thread(session: Session, parsed: ParsedMessage, *, exclude_id: int | None = None) -> Thread:
+def find_thread(
+    session: Session, parsed: ParsedMessage, *, exclude_id: int | None = None, batch: Batch | None = None
+) -> Thread:
     """The case a message belongs to: reference in the subject, then In-Reply-To/References."""
     ref = find_thread_ref(parsed.subject)
     if ref:
-        case = cases.get_by_reference(session, ref)
+        case = batch.cases_by_reference.get(ref.upper()) if batch is not None else None
+        case = case or cases.get_by_reference(session, ref)
         if case is not None:
             return Thread(_follow_merges(session, case), f"reference {ref} in the subject", True)
     ids = [mid for mid in dict.fromkeys([parsed.in_reply_to, *reversed(parsed.references)]) if mid]
     ids = [mid for mid in ids if mid != parsed.message_id][:50]
     if not ids:
         return Thread()
+    if batch is not None:  # the batch's own messages are not in the database yet
+        for mid in ids:
+            earlier = batch.by_header.get(mid)
+            if earlier is not None and earlier.case is not None:
+                return Thread(_follow_merges(session, earlier.case), f"In-Reply-To/References {mid}", True)
     stmt = select(Message.message_id_header, Message.case_id, Message.status, Message.id).where(
         Message.message_id_header.in_(ids)
     )
@@ -351,11 +481,16 @@ def _extract(parsed: ParsedMessage, settings: Settings) -> ExtractedTargets:
 
 
 def _process(
-    session: Session, message: Message, parsed: ParsedMessage, settings: Settings, now: datetime
+    session: Session,
+    message: Message,
+    parsed: ParsedMessage,
+    settings: Settings,
+    now: datetime,
+    batch: Batch | None = None,
 ) -> IngestResult:
     _fill(message, parsed)
     targets = _extract(parsed, settings)
-    thread = find_thread(session, parsed, exclude_id=message.id)
+    thread = find_thread(session, parsed, exclude_id=message.id, batch=batch)
     verdict = classify_message(
         parsed,
         mailbox_address=settings.mailbox_address,
@@ -375,7 +510,9 @@ def _process(
         case = _handle_bounce(session, message, parsed, verdict, thread, notes, now)
     elif kind in HUMAN_KINDS:
         result.reasons += target_reasons(targets)
-        case = _handle_human(session, message, parsed, verdict, thread, targets, settings, result, notes, now)
+        case = _handle_human(
+            session, message, parsed, verdict, thread, targets, settings, result, notes, now, batch
+        )
     else:
         case = _handle_automatic(session, message, kind, thread, notes, now)
 
@@ -402,7 +539,7 @@ def _process(
     )
     log.info(
         "message %s %s: %s%s",
-        message.id,
+        message.id or message.message_id_header,
         kind.value,
         result.case_reference or "no case",
         " (new case)" if result.new_case else "",
@@ -422,8 +559,7 @@ def _set_flags(case: Case, **changes: Any) -> None:
 
 
 def _attach(message: Message, case: Case) -> None:
-    message.case_id = case.id
-    message.case = case
+    message.case = case  # case_id follows at the flush (a new case has no id before it)
 
 
 def _handle_automatic(
@@ -504,7 +640,7 @@ def _handle_bounce(
             action="mail.bounced",
             case=case,
             object_type="message",
-            object_id=message.id,
+            object_id=message,
             detail=_clean_json({"bounced": bounced, "status": status}),
         )
     if first is None:
@@ -525,6 +661,7 @@ def _handle_human(
     result: IngestResult,
     notes: dict[str, Any],
     now: datetime,
+    batch: Batch | None = None,
 ) -> Case:
     case = thread.case
     if case is None:
@@ -537,6 +674,9 @@ def _handle_human(
         )
         result.new_case = True
         set_committed_value(case, "targets", [])  # a new case has none: spare the lazy load
+        set_committed_value(case, "messages", [])
+        if batch is not None:
+            batch.cases_by_reference[case.reference] = case
         if verdict.kind == classify.REPLY:
             notes["thread_not_found"] = "looks like a reply, but no case matches; opened a new one"
     else:
@@ -586,7 +726,7 @@ def _handle_human(
     reply_key = _reply_for(verdict, result.new_case, masked, bool(all_targets), bool(added))
     if reply_key:
         extra = {"masked": list(targets.masked_samples)} if masked else {}
-        row = replies.queue_reply(session, case, reply_key, settings, extra=extra, now=now)
+        row = replies.queue_reply(session, case, reply_key, settings, extra=extra, reply_to=message, now=now)
         if row is not None:
             result.replies.append(reply_key)
 
@@ -659,7 +799,7 @@ def add_targets(
             continue
         have.add(cidr)
         version, start, end = network_keys(network)
-        found = listings.find_overlapping(session, network)
+        found = listings.find_overlapping_rows(session, network)
         target = CaseTarget(
             network=cidr,
             version=version,
@@ -1041,15 +1181,19 @@ def _poll(
             report.moved_only += 1
         todo = [uid for uid in batch if uid not in known][: max(budget, 0)]
         budget -= len(todo)
-        for uid, raw in mailbox.fetch(source, todo):
-            report.seen += 1
-            report.bytes += len(raw)
-            outcome = _ingest_one(settings, factory, raw, Delivery(name, source, uidvalidity, uid), report)
-            del raw
-            if outcome is not None:
-                moves[
-                    quarantine_folder if outcome == MessageStatus.QUARANTINED.value else processed_folder
-                ].append(uid)
+        for part in _by_size(mailbox.fetch(source, todo), BATCH_BYTES):
+            items = [(uid, prepare(raw, settings)) for uid, raw in part]
+            del part
+            report.seen += len(items)
+            report.bytes += sum(len(item.raw) for _, item in items)
+            deliveries = {uid: Delivery(name, source, uidvalidity, uid) for uid, _ in items}
+            outcomes = _ingest_many(settings, factory, items, deliveries, report)
+            for uid, outcome in outcomes.items():
+                if outcome is not None:
+                    moves[
+                        quarantine_folder if outcome == MessageStatus.QUARANTINED.value else processed_folder
+                    ].append(uid)
+            del items
         # Only now, after each message's commit: a crash before this line leaves them in the folder,
         # and the next pass recognises their deliveries and just moves them.
         for destination, moved in moves.items():
@@ -1058,43 +1202,38 @@ def _poll(
         acquire_lease(factory, lock, holder, LEASE_SECONDS)
 
 
-def _ingest_one(
-    settings: Settings, factory: sessionmaker[Session], raw: bytes, delivery: Delivery, report: PollReport
-) -> str | None:
-    """One unit of work; returns the message status, or None when it must stay in the folder."""
-    try:
-        with unit_of_work(factory) as session:
-            result = process_message(
-                session,
-                raw,
-                settings,
-                source=delivery.mailbox,
-                delivery=delivery,
-                defer=settings.ingest_defer,
-            )
-            session.execute(
-                update(MailboxCursor)
-                .where(
-                    MailboxCursor.mailbox == delivery.mailbox,
-                    MailboxCursor.folder == delivery.folder,
-                    MailboxCursor.last_uid < delivery.uid,
-                )
-                .values(last_uid=delivery.uid, updated_at=utcnow())
-                .execution_options(synchronize_session=False)
-            )
-    except Exception as exc:  # a system failure (database down, a bug): keep the mail, say so loudly
-        log.exception("ingesting %s uid %s failed", delivery.folder, delivery.uid)
-        report.errors.append(f"uid {delivery.uid}: {type(exc).__name__}: {exc}")
-        try:
-            with unit_of_work(factory) as session:
-                store_failed(
-                    session, raw, f"{type(exc).__name__}: {exc}", source=delivery.mailbox, delivery=delivery
-                )
-        except Exception:
-            log.exception("could not even store uid %s raw; it stays in %s", delivery.uid, delivery.folder)
-            return None
-        report.quarantined += 1
-        return MessageStatus.QUARANTINED.value
+# A fetched batch is processed in parts of at most this many bytes of mail (a part has one message at
+# least): the memory a batch holds does not depend on how large its messages are.
+BATCH_BYTES = 32 * 2**20
+
+
+def _by_size(fetched: Iterable[tuple[int, bytes]], limit: int) -> Iterator[list[tuple[int, bytes]]]:
+    part: list[tuple[int, bytes]] = []
+    size = 0
+    for uid, raw in fetched:
+        if part and size + len(raw) > limit:
+            yield part
+            part, size = [], 0
+        part.append((uid, raw))
+        size += len(raw)
+    if part:
+        yield part
+
+
+def _advance_cursor(session: Session, delivery: Delivery) -> None:
+    session.execute(
+        update(MailboxCursor)
+        .where(
+            MailboxCursor.mailbox == delivery.mailbox,
+            MailboxCursor.folder == delivery.folder,
+            MailboxCursor.last_uid < delivery.uid,
+        )
+        .values(last_uid=delivery.uid, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _count(report: PollReport, result: IngestResult) -> None:
     if result.duplicate:
         report.duplicates += 1
     elif result.status == MessageStatus.STORED.value:
@@ -1105,6 +1244,75 @@ def _ingest_one(
         report.processed += 1
     report.new_cases += int(result.new_case)
     report.replies += len(result.replies)
+
+
+def _ingest_many(
+    settings: Settings,
+    factory: sessionmaker[Session],
+    items: list[tuple[int, Prepared]],
+    deliveries: dict[int, Delivery],
+    report: PollReport,
+) -> dict[int, str | None]:
+    """Part of a fetched batch in one unit of work (:func:`process_batch`); if that fails for any reason,
+    the same messages one per unit of work, so that one bad message costs only itself.
+    Returns each UID's message status, or None when the message must stay in the folder."""
+    if len(items) > 1:
+        try:
+            with unit_of_work(factory) as session:
+                results = process_batch(
+                    session,
+                    [(item, deliveries[uid]) for uid, item in items],
+                    settings,
+                    source=report.mailbox,
+                    defer=settings.ingest_defer,
+                )
+                _advance_cursor(session, deliveries[max(deliveries)])
+        except Exception:
+            log.warning(
+                "a batch of %d messages failed; processing them one by one", len(items), exc_info=True
+            )
+        else:
+            outcomes: dict[int, str | None] = {}
+            for (uid, _), result in zip(items, results, strict=True):
+                _count(report, result)
+                outcomes[uid] = result.status
+            return outcomes
+    return {uid: _ingest_one(settings, factory, item, deliveries[uid], report) for uid, item in items}
+
+
+def _ingest_one(
+    settings: Settings, factory: sessionmaker[Session], item: Prepared, delivery: Delivery, report: PollReport
+) -> str | None:
+    """One unit of work; returns the message status, or None when it must stay in the folder."""
+    try:
+        with unit_of_work(factory) as session:
+            result = store_and_process(
+                session,
+                item,
+                settings,
+                source=delivery.mailbox,
+                delivery=delivery,
+                defer=settings.ingest_defer,
+            )
+            _advance_cursor(session, delivery)
+    except Exception as exc:  # a system failure (database down, a bug): keep the mail, say so loudly
+        log.exception("ingesting %s uid %s failed", delivery.folder, delivery.uid)
+        report.errors.append(f"uid {delivery.uid}: {type(exc).__name__}: {exc}")
+        try:
+            with unit_of_work(factory) as session:
+                store_failed(
+                    session,
+                    item.raw,
+                    f"{type(exc).__name__}: {exc}",
+                    source=delivery.mailbox,
+                    delivery=delivery,
+                )
+        except Exception:
+            log.exception("could not even store uid %s raw; it stays in %s", delivery.uid, delivery.folder)
+            return None
+        report.quarantined += 1
+        return MessageStatus.QUARANTINED.value
+    _count(report, result)
     return result.status
 
 

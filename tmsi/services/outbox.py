@@ -125,7 +125,7 @@ def enqueue(
     )
     raw = msg.as_bytes()
     row = OutboxMessage(
-        case_id=case.id if case is not None else None,
+        case=case,
         message_id_header=message_id,
         template_key=template_key,
         mail_from=mail_from,
@@ -143,7 +143,7 @@ def enqueue(
     session.add(row)
     session.add(
         Message(
-            case_id=row.case_id,
+            case=case,
             direction=Direction.OUT,
             kind=MessageKind.OUTGOING,
             status=MessageStatus.PROCESSED,
@@ -159,7 +159,7 @@ def enqueue(
             date_header=now,
             in_reply_to=in_reply_to,
             references=list(references or []),
-            headers=[[k, str(v)] for k, v in msg.items()],
+            headers=[[k, str(v)] for k, v in msg.raw_items()],
             body_text=body,
             body_html="",
             attachments=[],
@@ -170,7 +170,6 @@ def enqueue(
     )
     if case is not None and case.first_response_at is None:
         case.first_response_at = now
-    session.flush()
     return row
 
 

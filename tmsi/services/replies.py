@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from importlib import resources
 from typing import Any
@@ -52,7 +54,43 @@ def ensure_templates(session: Session) -> None:
     session.flush()
 
 
+@dataclass
+class _BatchCache:
+    templates: dict[str, ReplyTemplate] = field(default_factory=dict)
+    autoreply_limit: int | None = None
+    automatic_sent: dict[str, int] = field(default_factory=dict)
+
+
+_CACHE = "tmsi.replies.batch"
+
+
+@contextmanager
+def batch_cache(session: Session) -> Iterator[None]:
+    """Within the block, templates, the effective reply limit and each recipient's count of automatic
+    replies are read once and then kept (counted up as replies are queued), so that queueing replies for a
+    batch of mail needs no flush and no query per reply. For one transaction that alone queues replies.
+    """
+    if session.info.get(_CACHE) is not None:
+        yield
+        return
+    session.info[_CACHE] = _BatchCache()
+    try:
+        yield
+    finally:
+        session.info.pop(_CACHE, None)
+
+
 def get_template(session: Session, key: str) -> ReplyTemplate:
+    cache: _BatchCache | None = session.info.get(_CACHE)
+    if cache is not None and key in cache.templates:
+        return cache.templates[key]
+    tpl = _load_template(session, key)
+    if cache is not None:
+        cache.templates[key] = tpl
+    return tpl
+
+
+def _load_template(session: Session, key: str) -> ReplyTemplate:
     tpl = session.scalar(select(ReplyTemplate).where(ReplyTemplate.key == key))
     if tpl is None:
         ensure_templates(session)
@@ -123,6 +161,25 @@ def _last_inbound(session: Session, case: Case) -> Message | None:
 
 
 def automatic_replies_last_hour(session: Session, recipient: str, now: datetime) -> int:
+    cache: _BatchCache | None = session.info.get(_CACHE)
+    if cache is not None:
+        key = recipient.lower()
+        if key not in cache.automatic_sent:
+            cache.automatic_sent[key] = _count_automatic(session, key, now)
+        return cache.automatic_sent[key]
+    return _count_automatic(session, recipient, now)
+
+
+def _autoreply_limit(session: Session, settings: Settings) -> int:
+    cache: _BatchCache | None = session.info.get(_CACHE)
+    if cache is None:
+        return policy.effective(session, settings).autoreply_per_sender_per_hour
+    if cache.autoreply_limit is None:
+        cache.autoreply_limit = policy.effective(session, settings).autoreply_per_sender_per_hour
+    return cache.autoreply_limit
+
+
+def _count_automatic(session: Session, recipient: str, now: datetime) -> int:
     return (
         session.scalar(
             select(func.count())
@@ -150,12 +207,15 @@ def queue_reply(
     subject: str | None = None,
     body: str | None = None,
     hold_reason: str | None = None,
+    reply_to: Message | None = None,
     now: datetime | None = None,
 ) -> OutboxMessage | None:
     """Render template ``key`` for ``case`` (or send the analyst's edited subject/body) via the outbox.
 
     Automatic replies (actor ``system``) are never sent to auto-generated mail or our own address, and
     at most ``autoreply_per_sender_per_hour`` per recipient; a suppressed reply is an audit event.
+    The reply threads under ``reply_to`` (the message being answered), by default the case's latest
+    received message.
     """
     now = now or utcnow()
     automatic = actor == audit.SYSTEM
@@ -178,7 +238,7 @@ def queue_reply(
     elif automatic and (case.flags or {}).get("auto_generated"):
         suppressed = "the case's last message was auto-generated"
     elif automatic and automatic_replies_last_hour(session, recipient, now) >= (
-        limit := policy.effective(session, settings).autoreply_per_sender_per_hour
+        limit := _autoreply_limit(session, settings)
     ):
         suppressed = f"rate limit: {limit} automatic replies per hour"
     if suppressed:
@@ -192,7 +252,7 @@ def queue_reply(
         )
         return None
 
-    last = _last_inbound(session, case)
+    last = reply_to if reply_to is not None else _last_inbound(session, case)
     in_reply_to = last.message_id_header if last is not None else ""
     references = [*(last.references or []), in_reply_to] if last is not None else []
     row = outbox.enqueue(
@@ -211,6 +271,10 @@ def queue_reply(
         created_by=actor,
         now=now,
     )
+    cache: _BatchCache | None = session.info.get(_CACHE)
+    if cache is not None and automatic:
+        key = recipient.lower()
+        cache.automatic_sent[key] = cache.automatic_sent.get(key, 0) + 1
     audit.record(
         session,
         action="reply.queued",
@@ -218,7 +282,7 @@ def queue_reply(
         actor_id=actor_id,
         case=case,
         object_type="outbox",
-        object_id=row.id,
+        object_id=row,
         detail={
             "template": key,
             "to": recipient,
@@ -235,7 +299,7 @@ def queue_reply(
             actor_id=actor_id,
             case=case,
             object_type="outbox",
-            object_id=row.id,
+            object_id=row,
             after={"status": "held", "hold_reason": hold_reason},
         )
     return row
