@@ -6,13 +6,14 @@ a target overlaps a query network exactly when it is one of the query's supernet
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, and_, func, or_, select, tuple_, union_all
-from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm import Session
 
 from tmsi.db import utcnow
 from tmsi.domain.networks import IPNetwork, NetworkError, network_keys, parse_network, supernet_keys
@@ -225,10 +226,28 @@ def _only_statuses(f: QueueFilter) -> bool:
     )
 
 
-def _waiting_page_ids(
-    session: Session, f: QueueFilter, user_id: int | None, now: datetime
-) -> list[int] | None:
-    """The page's case ids for the default order (waiting longest first) over a set of statuses.
+# The columns a queue row shows (and the API lists): never the heavy ones (search text, evidence, flags).
+ROW_COLUMNS = (
+    Case.id,
+    Case.reference,
+    Case.status,
+    Case.resolution,
+    Case.subject,
+    Case.requester_email,
+    Case.requester_name,
+    Case.requester_domain,
+    Case.assignee_id,
+    Case.authority_result,
+    Case.verification_result,
+    Case.created_at,
+    Case.updated_at,
+    Case.waiting_since,
+    Case.lock_version,
+)
+
+
+def _waiting_page(f: QueueFilter, user_id: int | None, now: datetime) -> Select[Any] | None:
+    """The page's rows for the default order (waiting longest first) over a set of statuses.
 
     One index-ordered branch per status on ``(status, waiting_since)``, each cut at the page end, merged:
     the first page of 30,000 open cases reads about 50 rows per status instead of sorting them all.
@@ -237,31 +256,47 @@ def _waiting_page_ids(
     statuses = f.effective_statuses
     if f.sort != "waiting" or not statuses:
         return None
-    others = _conditions(f, user_id, now, with_status=False)
-    end = f.page * f.per_page
+    if _only_statuses(f):
+        return _status_page(statuses, f.page, f.per_page)
+    return _merged_status_branches(
+        statuses, _conditions(f, user_id, now, with_status=False), f.page, f.per_page
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _status_page(statuses: tuple[CaseStatus, ...], page: int, per_page: int) -> Select[Any]:
+    # Building this union (a subquery per status) costs more Python than running it: the statement of a
+    # status-only filter (the default queue) is built once per page number.
+    return _merged_status_branches(statuses, [], page, per_page)
+
+
+def _merged_status_branches(
+    statuses: tuple[CaseStatus, ...], others: list[Any], page: int, per_page: int
+) -> Select[Any]:
+    end = page * per_page
     branches = []
     for status in statuses:
         branch = (
-            select(Case.id.label("id"), Case.waiting_since.label("w"))
+            select(*ROW_COLUMNS)
             .where(Case.status == status, *others)
             .order_by(Case.waiting_since.asc().nulls_last(), Case.id.asc())
             .limit(end)
             .subquery()
         )
-        branches.append(select(branch.c.id, branch.c.w))
+        branches.append(select(branch))
     merged = union_all(*branches).subquery()
-    stmt = (
-        select(merged.c.id)
-        .order_by(merged.c.w.asc().nulls_last(), merged.c.id.asc())
-        .offset(end - f.per_page)
-        .limit(f.per_page)
+    return (
+        select(merged, User.email.label("assignee_email"))
+        .outerjoin(User, User.id == merged.c.assignee_id)
+        .order_by(merged.c.waiting_since.asc().nulls_last(), merged.c.id.asc())
+        .offset(end - per_page)
+        .limit(per_page)
     )
-    return list(session.scalars(stmt))
 
 
 @dataclass
 class QueueRow:
-    case: Case
+    case: Any  # a read-only row with the ROW_COLUMNS of the case (attribute access like the model)
     assignee_email: str
     target_count: int
     networks: list[str]
@@ -288,6 +323,8 @@ def search(
     with_counts: bool = True,
     counts_ttl: float = 0.0,
 ) -> QueuePage:
+    """One page of the queue as read-only rows: three statements (page rows with the assignee, their
+    targets, the total unless the cached counts give it), no ORM objects."""
     now = now or utcnow()
     cond = _conditions(f, user_id, now)
     counts = cached_status_counts(session, counts_ttl) if with_counts else {}
@@ -296,33 +333,31 @@ def search(
         total = sum(counts.get(s.value, 0) for s in (f.effective_statuses or CaseStatus))
     else:
         total = session.scalar(select(func.count()).select_from(Case).where(*cond)) or 0
-    base = (
-        select(Case, User.email)
-        .outerjoin(User, User.id == Case.assignee_id)
-        .options(defer(Case.search_text), defer(Case.authority_evidence), defer(Case.flags))
-    )
-    page_ids = _waiting_page_ids(session, f, user_id, now)
-    if page_ids is not None:
-        by_id = {case.id: (case, email) for case, email in session.execute(base.where(Case.id.in_(page_ids)))}
-        found = [by_id[i] for i in page_ids if i in by_id]
-    else:
-        stmt = base.where(*cond).order_by(*_order(f)).limit(f.per_page).offset((f.page - 1) * f.per_page)
-        found = [(case, email) for case, email in session.execute(stmt)]
-    ids = [case.id for case, _ in found]
+    stmt: Any = _waiting_page(f, user_id, now)
+    if stmt is None:
+        stmt = (
+            select(*ROW_COLUMNS, User.email.label("assignee_email"))
+            .outerjoin(User, User.id == Case.assignee_id)
+            .where(*cond)
+            .order_by(*_order(f))
+            .limit(f.per_page)
+            .offset((f.page - 1) * f.per_page)
+        )
+    found = session.execute(stmt).all()
     nets: dict[int, list[str]] = {}
     counts_by_case: dict[int, int] = {}
-    if ids:
+    if found:
         for case_id, network in session.execute(
             select(CaseTarget.case_id, CaseTarget.network)
-            .where(CaseTarget.case_id.in_(ids))
+            .where(CaseTarget.case_id.in_([row.id for row in found]))
             .order_by(CaseTarget.id)
         ):
             counts_by_case[case_id] = counts_by_case.get(case_id, 0) + 1
             if len(nets.setdefault(case_id, [])) < 3:
                 nets[case_id].append(network)
     rows = [
-        QueueRow(case, email or "", counts_by_case.get(case.id, 0), nets.get(case.id, []))
-        for case, email in found
+        QueueRow(row, row.assignee_email or "", counts_by_case.get(row.id, 0), nets.get(row.id, []))
+        for row in found
     ]
     return QueuePage(filter=f, rows=rows, total=total, counts=counts)
 

@@ -11,6 +11,9 @@ import email
 import email.policy
 import ipaddress
 import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
 from io import BytesIO
@@ -28,10 +31,12 @@ from flask import (
     render_template,
     request,
     send_file,
+    session,
     url_for,
 )
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, selectinload, undefer
+from markupsafe import Markup
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.utils import secure_filename
 
@@ -43,6 +48,7 @@ from tmsi.models import (
     Case,
     CaseNote,
     CaseStatus,
+    CaseTarget,
     CheckResult,
     DnsCheck,
     Message,
@@ -56,7 +62,7 @@ from tmsi.models import (
 )
 from tmsi.services import audit, cases, decide, policy, replies, users
 from tmsi.services import queue as queue_svc
-from tmsi.services.listings import find_overlapping
+from tmsi.services.listings import find_overlapping_rows
 from tmsi.services.outbox import HeaderInjection
 from tmsi.web import actions
 from tmsi.web.auth import (
@@ -67,6 +73,7 @@ from tmsi.web.auth import (
     TEMPLATE_ROLES,
     USER_ADMIN_ROLES,
     USER_READ_ROLES,
+    request_db,
     require_user,
     role_required,
 )
@@ -117,6 +124,67 @@ def _combine_page(args: dict[str, Any], page: int) -> dict[str, Any]:
 
 
 # --- queue -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _QueueTable:
+    expires: float
+    rows_html: Markup
+    total: int
+    pages: int
+
+
+# Rendered queue tables (the rows, the total) by filter, for QUEUE_CACHE_TTL seconds, per process: under
+# load most queue views are the same default page, and rendering its 50 rows is most of its cost. What an
+# analyst changes shows at once on their own next page (see _note_write); others see it within the TTL.
+_QUEUE_TABLES: dict[tuple[Any, ...], _QueueTable] = {}
+QUEUE_CACHE_TTL = 2.0
+QUEUE_CACHE_SIZE = 256
+_OWN_WRITE = "wrote_at"
+
+
+def _note_write() -> None:
+    """After this user changed cases: their next queue pages are rendered fresh, never from the cache."""
+    session[_OWN_WRITE] = time.time()
+
+
+def _queue_cache_ttl() -> float:
+    if current_app.testing and "TMSI_QUEUE_CACHE_TTL" not in current_app.config:
+        return 0.0
+    ttl = float(current_app.config.get("TMSI_QUEUE_CACHE_TTL", QUEUE_CACHE_TTL))
+    if ttl > 0 and time.time() - float(session.get(_OWN_WRITE, 0)) < ttl:
+        return 0.0  # this user acted within the TTL: a cached table could predate their change
+    return ttl
+
+
+def _queue_table(db: Session, flt: queue_svc.QueueFilter, user_id: int) -> _QueueTable:
+    ttl = _queue_cache_ttl()
+    key = (
+        str(get_db().engine.url),
+        tuple(sorted((k, str(v)) for k, v in flt.args().items())),
+        user_id if flt.assignee == "me" else None,
+    )
+    now = time.monotonic()
+    if ttl > 0:
+        hit = _QUEUE_TABLES.get(key)
+        if hit is not None and hit.expires > now:
+            return hit
+    page = queue_svc.search(db, flt, user_id=user_id, counts_ttl=_counts_ttl())
+    # Output of an autoescaping template (every value in it escaped), inserted as is into the page.
+    rows_html = Markup(  # noqa: S704
+        render_template("ui/_queue_rows.html", page=page, case_url=url_for("ui.queue") + "/")
+    )
+    table = _QueueTable(now + ttl, rows_html, page.total, page.pages)
+    if ttl > 0:
+        if len(_QUEUE_TABLES) >= QUEUE_CACHE_SIZE:
+            for stale in [k for k, v in _QUEUE_TABLES.items() if v.expires <= now] or list(_QUEUE_TABLES):
+                _QUEUE_TABLES.pop(stale, None)
+        _QUEUE_TABLES[key] = table
+    return table
+
+
+def _counts_ttl() -> float:
+    return 0.0 if current_app.testing else float(current_app.config.get("TMSI_QUEUE_COUNTS_TTL", 5.0))
+
+
 @bp.get("/cases")
 @role_required(ALL_ROLES)
 def queue() -> Any:
@@ -127,26 +195,34 @@ def queue() -> Any:
     except queue_svc.FilterError as exc:
         error = str(exc)
         flt = queue_svc.QueueFilter()
-    with get_db().factory() as db:
-        ttl = 0.0 if current_app.testing else float(current_app.config.get("TMSI_QUEUE_COUNTS_TTL", 5.0))
-        page = queue_svc.search(db, flt, user_id=user.id, counts_ttl=ttl)
-        assignees = db.scalars(
-            select(User)
-            .where(User.active.is_(True), User.role.in_(decide.ASSIGNABLE_ROLES))
-            .order_by(User.email)
-        ).all()
-        html = render_template(
-            "ui/queue.html",
-            page=page,
-            flt=flt,
-            error=error,
-            assignees=assignees,
-            statuses=list(CaseStatus),
-            results=list(CheckResult),
-            ages=list(queue_svc.AGES),
-            sorts=queue_svc.SORTS,
-        )
+    db = request_db()
+    table = _queue_table(db, flt, user.id)
+    html = render_template(
+        "ui/queue.html",
+        rows_html=table.rows_html,
+        total=table.total,
+        pages=table.pages,
+        counts=queue_svc.cached_status_counts(db, _counts_ttl()),
+        flt=flt,
+        error=error,
+        assignees=_assignees(db),
+        statuses=list(CaseStatus),
+        results=list(CheckResult),
+        ages=list(queue_svc.AGES),
+        sorts=queue_svc.SORTS,
+    )
     return html, 400 if error else 200
+
+
+_ASSIGNEES = (
+    select(User.id, User.email)
+    .where(User.active.is_(True), User.role.in_(decide.ASSIGNABLE_ROLES))
+    .order_by(User.email)
+)
+
+
+def _assignees(db: Session) -> list[Any]:
+    return list(db.execute(_ASSIGNEES).all())
 
 
 @bp.post("/cases/bulk")
@@ -193,6 +269,7 @@ def bulk() -> Any:
     except (decide.DecisionError, StaleDataError) as exc:
         flash(_stale_text() if isinstance(exc, StaleDataError) else str(exc), "error")
         return redirect(back)
+    _note_write()
     flash(message, "success")
     return redirect(back)
 
@@ -205,43 +282,165 @@ def _stale_text() -> str:
 
 
 # --- case page -------------------------------------------------------------------------------------
-def _targets_view(db: Session, case: Case) -> list[dict[str, Any]]:
+# The case page reads rows, not ORM objects: one statement per section, the per-target sections (runs,
+# checks) for all targets at once, heavy columns (raw mail, search text) never.
+RUNS_PER_TARGET = 10
+_CASE_COLUMNS = (
+    Case.id,
+    Case.reference,
+    Case.status,
+    Case.resolution,
+    Case.subject,
+    Case.requester_email,
+    Case.requester_name,
+    Case.assignee_id,
+    Case.authority_result,
+    Case.authority_evidence,
+    Case.verification_result,
+    Case.merged_into_id,
+    Case.created_at,
+    Case.waiting_since,
+    Case.lock_version,
+)
+_TARGET_COLUMNS = (
+    CaseTarget.id,
+    CaseTarget.network,
+    CaseTarget.oversized,
+    CaseTarget.source_text,
+    CaseTarget.coverage,
+    CaseTarget.summary,
+    CaseTarget.status,
+)
+_RUN_COLUMNS = (
+    VerificationRun.id,
+    VerificationRun.target_id,
+    VerificationRun.trigger,
+    VerificationRun.requested_by,
+    VerificationRun.status,
+    VerificationRun.result,
+    VerificationRun.total,
+    VerificationRun.done,
+    VerificationRun.passed,
+    VerificationRun.failed,
+    VerificationRun.unverifiable,
+    VerificationRun.started_at,
+)
+_CHECK_COLUMNS = (
+    DnsCheck.id,
+    DnsCheck.target_id,
+    DnsCheck.address,
+    DnsCheck.result,
+    DnsCheck.name_verdict,
+    DnsCheck.ptr_names,
+    DnsCheck.reasons,
+    DnsCheck.evidence,
+    DnsCheck.checked_at,
+)
+_MESSAGE_COLUMNS = (
+    Message.id,
+    Message.direction,
+    Message.kind,
+    Message.from_name,
+    Message.from_addr,
+    Message.to_addrs,
+    Message.subject,
+    Message.date_header,
+    Message.received_at,
+    Message.raw_size,
+    Message.attachments,
+    Message.body_text,
+    (Message.body_html != "").label("has_html"),
+)
+_OUTBOX_COLUMNS = (
+    OutboxMessage.id,
+    OutboxMessage.created_at,
+    OutboxMessage.rcpt_to,
+    OutboxMessage.subject,
+    OutboxMessage.status,
+    OutboxMessage.hold_reason,
+    OutboxMessage.attempts,
+    OutboxMessage.last_error,
+    OutboxMessage.next_attempt_at,
+)
+_TIMELINE_COLUMNS = (
+    AuditEvent.at,
+    AuditEvent.action,
+    AuditEvent.actor,
+    AuditEvent.before,
+    AuditEvent.after,
+    AuditEvent.detail,
+)
+
+
+def _latest_per_target(columns: tuple[Any, ...], order: list[Any], limit: int) -> Any:
+    """The newest ``limit`` rows per target of the case ``:case_id``, in one statement (a window per
+    target)."""
+    table = columns[0].class_
+    rank = func.row_number().over(partition_by=table.target_id, order_by=order).label("rank")
+    case_targets = select(CaseTarget.id).where(CaseTarget.case_id == bindparam("case_id"))
+    ranked = select(*columns, rank).where(table.target_id.in_(case_targets.scalar_subquery())).subquery()
+    return (
+        select(*(ranked.c[c.key] for c in columns))
+        .where(ranked.c.rank <= limit)
+        .order_by(ranked.c.target_id, ranked.c.rank)
+    )
+
+
+# Built once: constructing these statements (windows, subqueries) costs more Python than running them.
+_CASE_BY_REFERENCE = select(*_CASE_COLUMNS).where(Case.reference == bindparam("reference"))
+_TARGETS = select(*_TARGET_COLUMNS).where(CaseTarget.case_id == bindparam("case_id")).order_by(CaseTarget.id)
+_RUNS = _latest_per_target(_RUN_COLUMNS, [VerificationRun.id.desc()], RUNS_PER_TARGET)
+_CHECKS = _latest_per_target(_CHECK_COLUMNS, [DnsCheck.checked_at.desc(), DnsCheck.id.desc()], CHECK_HISTORY)
+_MESSAGES = (
+    select(*_MESSAGE_COLUMNS)
+    .where(Message.case_id == bindparam("case_id"))
+    .order_by(Message.received_at, Message.id)
+)
+_OUTBOX = (
+    select(*_OUTBOX_COLUMNS).where(OutboxMessage.case_id == bindparam("case_id")).order_by(OutboxMessage.id)
+)
+_NOTES = (
+    select(CaseNote.body, CaseNote.created_at, User.email)
+    .outerjoin(User, User.id == CaseNote.author_id)
+    .where(CaseNote.case_id == bindparam("case_id"))
+    .order_by(CaseNote.id)
+)
+_TIMELINE = (
+    select(*_TIMELINE_COLUMNS)
+    .where(AuditEvent.case_id == bindparam("case_id"))
+    .order_by(AuditEvent.at, AuditEvent.id)
+    .limit(TIMELINE_LIMIT)
+)
+_TEMPLATE_CHOICES = select(ReplyTemplate.key, ReplyTemplate.title).order_by(ReplyTemplate.key)
+_USER_EMAIL = select(User.id, User.email).where(User.id == bindparam("user_id"))
+_CASE_REFERENCE = select(Case.reference).where(Case.id == bindparam("case_id"))
+
+
+def _targets_view(db: Session, case_id: int) -> list[dict[str, Any]]:
+    params = {"case_id": case_id}
+    targets = db.execute(_TARGETS, params).all()
+    if not targets:
+        return []
+    runs: dict[int, list[Any]] = {}
+    checks: dict[int, list[Any]] = {}
+    for run in db.execute(_RUNS, params):
+        runs.setdefault(run.target_id, []).append(run)
+    for check in db.execute(_CHECKS, params):
+        checks.setdefault(check.target_id, []).append(check)
     out = []
-    target_ids = [t.id for t in case.targets]
-    runs: dict[int, list[VerificationRun]] = {}
-    checks: dict[int, list[DnsCheck]] = {}
-    if target_ids:
-        for run in db.scalars(
-            select(VerificationRun)
-            .where(VerificationRun.target_id.in_(target_ids))
-            .order_by(VerificationRun.id.desc())
-        ):
-            if run.target_id is not None and len(runs.setdefault(run.target_id, [])) < 10:
-                runs[run.target_id].append(run)
-        for target_id in target_ids:
-            checks[target_id] = list(
-                db.scalars(
-                    select(DnsCheck)
-                    .where(DnsCheck.target_id == target_id)
-                    .order_by(DnsCheck.checked_at.desc(), DnsCheck.id.desc())
-                    .limit(CHECK_HISTORY)
-                )
-            )
-    for target in case.targets:
-        net = ipaddress.ip_network(target.network)
-        latest: dict[str, DnsCheck] = {}
+    for target in targets:
+        latest: dict[str, Any] = {}
         for check in checks.get(target.id, []):
             latest.setdefault(check.address, check)
+        target_runs = runs.get(target.id, [])
         out.append(
             {
                 "target": target,
-                "listings": find_overlapping(db, net),
-                "runs": runs.get(target.id, []),
+                "listings": find_overlapping_rows(db, ipaddress.ip_network(target.network)),
+                "runs": target_runs,
                 "latest": list(latest.values()),
                 "history": checks.get(target.id, []),
-                "running": any(
-                    r.status in {RunStatus.PENDING, RunStatus.RUNNING} for r in runs.get(target.id, [])
-                ),
+                "running": any(r.status in {RunStatus.PENDING, RunStatus.RUNNING} for r in target_runs),
             }
         )
     return out
@@ -258,57 +457,64 @@ def _attachment_parts(raw: bytes) -> list[EmailMessage]:
     return parts
 
 
-def _attachment_names(message: Message) -> list[str]:
-    if not message.raw or not message.attachments:
-        return [
-            str((a or {}).get("filename", "")) if isinstance(a, dict) else str(a)
-            for a in (message.attachments or [])
-        ]
-    return [
-        part.get_filename() or f"attachment-{i + 1}" for i, part in enumerate(_attachment_parts(message.raw))
-    ]
+def _attachment_names(db: Session, messages: Sequence[Any]) -> dict[int, list[str]]:
+    """Download names of the attachments, in the order of the download links (the parts of the raw
+    mail; the recorded list when the raw mail was purged). Raw bytes are read only for messages that
+    have attachments."""
+    with_files = {m.id: m for m in messages if m.attachments}
+    if not with_files:
+        return {}
+    raws = dict(db.execute(select(Message.id, Message.raw).where(Message.id.in_(list(with_files)))).all())
+    out = {}
+    for message_id, message in with_files.items():
+        raw = raws.get(message_id)
+        if raw:
+            out[message_id] = [
+                part.get_filename() or f"attachment-{i + 1}"
+                for i, part in enumerate(_attachment_parts(bytes(raw)))
+            ]
+        else:
+            out[message_id] = [
+                str((a or {}).get("filename", "")) if isinstance(a, dict) else str(a)
+                for a in message.attachments
+            ]
+    return out
 
 
-def _case_context(db: Session, case: Case, **extra: Any) -> dict[str, Any]:
-    messages = db.scalars(
-        select(Message)
-        .where(Message.case_id == case.id)
-        .options(undefer(Message.body_text), undefer(Message.body_html))
-        .order_by(Message.received_at, Message.id)
-    ).all()
-    attachments = {m.id: _attachment_names(m) for m in messages if m.attachments}
-    outbox_rows = db.scalars(
-        select(OutboxMessage).where(OutboxMessage.case_id == case.id).order_by(OutboxMessage.id)
-    ).all()
-    notes = db.execute(
-        select(CaseNote, User.email)
-        .outerjoin(User, User.id == CaseNote.author_id)
-        .where(CaseNote.case_id == case.id)
-        .order_by(CaseNote.id)
-    ).all()
-    timeline = db.scalars(
-        select(AuditEvent)
-        .where(AuditEvent.case_id == case.id)
-        .order_by(AuditEvent.at, AuditEvent.id)
-        .limit(TIMELINE_LIMIT)
-    ).all()
-    assignees = db.scalars(
-        select(User).where(User.active.is_(True), User.role.in_(decide.ASSIGNABLE_ROLES)).order_by(User.email)
-    ).all()
-    templates = db.scalars(select(ReplyTemplate).order_by(ReplyTemplate.key)).all()
-    merged_into = db.get(Case, case.merged_into_id) if case.merged_into_id else None
-    target_views = _targets_view(db, case)
+def _case_row(db: Session, reference: str) -> Any:
+    row = db.execute(_CASE_BY_REFERENCE, {"reference": reference.upper()}).first()
+    if row is None:
+        abort(404, description=f"There is no case {reference}.")
+    return row
+
+
+def _case_context(db: Session, case: Any, **extra: Any) -> dict[str, Any]:
+    """Everything the case page shows; ``case`` is the ORM case or a row of ``_CASE_COLUMNS``."""
+    params = {"case_id": case.id}
+    messages = db.execute(_MESSAGES, params).all()
+    assignees = _assignees(db)
+    assignee = next((u for u in assignees if u.id == case.assignee_id), None)
+    if assignee is None and case.assignee_id:
+        assignee = db.execute(_USER_EMAIL, {"user_id": case.assignee_id}).first()
+    merged_into = (
+        db.execute(_CASE_REFERENCE, {"case_id": case.merged_into_id}).first() if case.merged_into_id else None
+    )
+    outbox_rows = db.execute(_OUTBOX, params).all()
+    notes = db.execute(_NOTES, params).all()
+    timeline = db.execute(_TIMELINE, params).all()
+    templates = db.execute(_TEMPLATE_CHOICES).all()
+    target_views = _targets_view(db, case.id)
     context = {
         "case": case,
         "last_run_id": max((run.id for item in target_views for run in item["runs"]), default=0),
         "messages": messages,
-        "attachments": attachments,
+        "attachments": _attachment_names(db, messages),
         "targets": target_views,
         "outbox": outbox_rows,
         "notes": notes,
         "timeline": timeline,
         "assignees": assignees,
-        "assignee": db.get(User, case.assignee_id) if case.assignee_id else None,
+        "assignee": assignee,
         "templates": templates,
         "merged_into": merged_into,
         "resolutions": list(Resolution),
@@ -338,15 +544,16 @@ def _compose(db: Session, case: Case, key: str) -> dict[str, Any]:
 @bp.get("/cases/<reference>")
 @role_required(ALL_ROLES)
 def case_page(reference: str) -> Any:
-    with get_db().factory() as db:
-        case = _case_or_404(db, reference)
-        key = request.args.get("reply", "")
-        extra: dict[str, Any] = {}
-        if key:
+    key = request.args.get("reply", "")
+    if key:  # composing a reply renders a template with the case: the ORM case, and a write
+        with get_db().factory() as db:
+            case = _case_or_404(db, reference)
             replies.ensure_templates(db)
-            extra["compose"] = _compose(db, case, key)
+            compose = _compose(db, case, key)
             db.commit()
-        return render_template("ui/case.html", **_case_context(db, case, **extra))
+            return render_template("ui/case.html", **_case_context(db, case, compose=compose))
+    db = request_db()
+    return render_template("ui/case.html", **_case_context(db, _case_row(db, reference)))
 
 
 @bp.get("/cases/<reference>/progress.json")
@@ -414,6 +621,7 @@ def case_action(reference: str, name: str) -> Any:
     except (decide.DecisionError, HeaderInjection, replies.TemplateRenderError) as exc:
         flash(f"Not done: {exc}", "error")
         return redirect(url_for("ui.case_page", reference=reference))
+    _note_write()
     how = actions.after_commit(outcome, settings, factory, user.actor)
     flash(outcome.message + (f" ({how})" if how else ""), "success")
     # After "verify now" the page watches for the new run even if it has not started yet.
@@ -468,6 +676,7 @@ def case_reply(reference: str) -> Any:
             case = _case_or_404(db, reference)
             html = render_template("ui/case.html", **_case_context(db, case, compose=compose))
         return html, 409 if isinstance(exc, decide.StaleCase | StaleDataError) else 400
+    _note_write()
     flash(outcome.message, "success")
     return redirect(url_for("ui.case_page", reference=reference) + "#outbox")
 
