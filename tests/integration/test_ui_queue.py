@@ -213,3 +213,64 @@ def test_cached_counts_give_the_same_totals(factory):
                 r.case.id for r in fresh.rows
             ]
         assert queue.search(db, queue.parse_filter({}), counts_ttl=60).total == 1
+
+
+def _set_subject(factory, reference: str, subject: str) -> None:
+    # A change made elsewhere (a job, another web process): nothing in this process hears of it.
+    with unit_of_work(factory) as db:
+        db.scalars(select(Case).where(Case.reference == reference)).one().subject = subject
+
+
+@pytest.fixture
+def cached_queue(app):
+    from tmsi.web import ui
+
+    ui._QUEUE_TABLES.clear()
+    app.config["TMSI_QUEUE_CACHE_TTL"] = 60.0
+    yield ui
+    ui._QUEUE_TABLES.clear()
+
+
+def test_cached_queue_rows_show_the_users_own_action_at_once(app, client, factory, cached_queue):
+    a = make_case(factory, subject="first subject", targets=("203.0.113.1/32",), waiting_hours=5)
+    b = make_case(factory, subject="second subject", targets=("203.0.113.2/32",), waiting_hours=4)
+    email = signed_in(client, factory, "analyst")
+    other = app.test_client()
+    other_email = signed_in(other, factory, "auditor")
+    page = client.get("/cases")
+    assert _refs(page.text) == [a, b] and "first subject" in page.text
+
+    _set_subject(factory, a, "changed elsewhere")
+    # Within the TTL both users get the cached rows; the parts of the page that are theirs are not shared.
+    mine, theirs = client.get("/cases"), other.get("/cases")
+    for html in (mine.text, theirs.text):
+        assert "first subject" in html and "changed elsewhere" not in html
+    assert f'id="whoami">{email}<' in mine.text and 'id="bulk-op"' in mine.text
+    assert f'id="whoami">{other_email}<' in theirs.text and 'id="bulk-op"' not in theirs.text
+    assert csrf_from(mine.text) != csrf_from(theirs.text)
+
+    # The analyst acts: their next queue page is rendered fresh (their change and the other one show).
+    fields = form_fields(mine.text, "/cases/bulk")
+    response = client.post("/cases/bulk", data={**fields, "op": "assign", "assignee": "me", "refs": [a]})
+    assert response.status_code == 302
+    after = client.get("/cases")
+    assert "changed elsewhere" in after.text and "first subject" not in after.text
+    row = after.text[after.text.index(f">{a}<") :]
+    assert email in row[: row.index("</tr>")]
+    # "Assigned to me" is cached per user: the auditor's "me" is nobody.
+    assert _refs(client.get("/cases?assignee=me").text) == [a]
+    assert _refs(other.get("/cases?assignee=me").text) == []
+
+
+def test_cached_queue_rows_expire_after_the_ttl(app, client, factory, cached_queue):
+    import time
+
+    app.config["TMSI_QUEUE_CACHE_TTL"] = 0.5
+    a = make_case(factory, subject="before", targets=("203.0.113.1/32",))
+    signed_in(client, factory, "auditor")
+    assert "before" in client.get("/cases").text
+    _set_subject(factory, a, "after")
+    assert "before" in client.get("/cases").text
+    time.sleep(0.6)
+    html = client.get("/cases").text
+    assert "after" in html and "before" not in html
