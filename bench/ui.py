@@ -553,6 +553,108 @@ def run_wrk(
     return int(requests), float(p50), float(p95), float(top), int(requests) / (int(duration_us) / 1e6)
 
 
+def _backend_cpu_seconds(dsn: str) -> float:
+    """CPU time (user + system) used so far by the PostgreSQL backends of the bench database; 0.0 when
+    /proc of the server's processes cannot be read (server on another host)."""
+    total = 0
+    with psycopg.connect(dsn) as conn:
+        pids = [
+            pid
+            for (pid,) in conn.execute(
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ]
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def measure_cpu(url: str, env: dict[str, str], cases: int, requests: int) -> list[tuple[str, float, float]]:
+    """CPU milliseconds per page, in-process (Flask test client, no HTTP server): the app's Python and the
+    PostgreSQL backend serving it. The working metric here: unlike latency, it hardly moves with the load
+    others put on the machine."""
+    os.environ.update(env)
+    from tmsi import create_app
+
+    app = create_app()
+    client = app.test_client()
+    page = client.get("/login").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert token, "no CSRF token on /login"
+    form = {"email": "bench@example.test", "password": PASSWORD, "csrf_token": token.group(1)}
+    assert client.post("/login", data=form).status_code == 302
+    dsn = url.replace("postgresql+psycopg://", "postgresql://")
+    rng = random.Random(5)
+    year = _now().year
+    pages: list[tuple[str, Callable[[], str], float | None]] = [
+        ("queue page, default filter (rows cache on, as served)", lambda: "/cases", None),
+        ("queue page, default filter (rows cache off)", lambda: "/cases", 0.0),
+        ("case page, random case", lambda: f"/cases/TMSI-{year}-{rng.randrange(1, cases + 1):06d}", None),
+    ]
+    out = []
+    for name, make_path, ttl in pages:
+        app.config.pop("TMSI_QUEUE_CACHE_TTL", None)
+        if ttl is not None:
+            app.config["TMSI_QUEUE_CACHE_TTL"] = ttl
+        for _ in range(30):
+            assert client.get(make_path()).status_code == 200
+        backend0, python0 = _backend_cpu_seconds(dsn), time.process_time()
+        for _ in range(requests):
+            assert client.get(make_path()).status_code == 200
+        python_ms = (time.process_time() - python0) * 1000 / requests
+        backend_ms = (_backend_cpu_seconds(dsn) - backend0) * 1000 / requests
+        out.append((name, python_ms, backend_ms))
+    return out
+
+
+def start_gunicorn(port: int, env: dict[str, str], workers: int, threads: int) -> subprocess.Popen[bytes]:
+    """gunicorn (gthread) on a loopback port, returned once it accepts connections."""
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-b",
+            f"127.0.0.1:{port}",
+            "-w",
+            str(workers),
+            "-k",
+            "gthread",
+            "--threads",
+            str(threads),
+            "--access-logfile",
+            "/dev/null",
+            "tmsi.wsgi:app",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return server
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError(
+                    "gunicorn did not start: " + (server.stderr.read().decode() if server.stderr else "")
+                ) from None
+            time.sleep(0.2)
+
+
+def stop_gunicorn(server: subprocess.Popen[bytes]) -> None:
+    server.send_signal(signal.SIGTERM)
+    server.wait(15)
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
@@ -586,6 +688,13 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="use the data already loaded in --db")
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     parser.add_argument("--readme", action="store_true", help="append the table to bench/README.md")
+    parser.add_argument(
+        "--cpu",
+        type=int,
+        default=300,
+        metavar="N",
+        help="also measure CPU ms per page in-process over N requests each (0: skip)",
+    )
     args = parser.parse_args()
 
     url = f"{PG_BASE}/{args.db}"
@@ -602,94 +711,47 @@ def main() -> None:
             print(f"load {name:>16}: {seconds:7.1f} s", flush=True)
 
     port = free_port()
-    env = dict(
-        os.environ,
-        TMSI_DATABASE_URL=url,
-        TMSI_SECRET_KEY=uuid.uuid4().hex,
-        TMSI_ENVIRONMENT="production",
-        TMSI_HUEY_STORAGE="memory",
-        TMSI_INSTANCE_PATH=str(ROOT / "instance" / "bench-ui"),
-    )
-    gunicorn = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-b",
-            f"127.0.0.1:{port}",
-            "-w",
-            str(args.workers),
-            "-k",
-            "gthread",
-            "--threads",
-            str(args.threads),
-            "--access-logfile",
-            "/dev/null",
-            "tmsi.wsgi:app",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    app_env = {
+        "TMSI_DATABASE_URL": url,
+        "TMSI_SECRET_KEY": uuid.uuid4().hex,
+        "TMSI_ENVIRONMENT": "production",
+        "TMSI_HUEY_STORAGE": "memory",
+        "TMSI_INSTANCE_PATH": str(ROOT / "instance" / "bench-ui"),
+    }
+    env = dict(os.environ, **app_env)
+    gunicorn = start_gunicorn(port, env, args.workers, args.threads)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or gunicorn.poll() is not None:
-                    raise RuntimeError(
-                        "gunicorn did not start: "
-                        + (gunicorn.stderr.read().decode() if gunicorn.stderr else "")
-                    ) from None
-                time.sleep(0.2)
-        cookie = sign_in(port)
-        year = _now().year
-        n = args.cases
-        warm = Client(port, cookie)
-        for _ in range(20):
-            warm.request("GET", "/cases")
-            warm.request("GET", f"/cases/TMSI-{year}-{random.randrange(1, n + 1):06d}")
-        rows: list[tuple[str, int, list[float]]] = []
-        wrk_rows: list[tuple[str, int, tuple[int, float, float, float, float]]] = []
-        use_wrk = args.loader == "wrk" or (args.loader == "auto" and shutil.which("wrk") is not None)
-        if use_wrk:
-            for think in (0.0, args.think) if args.think else (0.0,):
-                label = f"think {think:g} s" if think else "closed loop"
-                wrk_rows.append(
-                    (
-                        f"queue page, default filter, page 1 ({label})",
-                        args.clients,
-                        run_wrk(port, cookie, args.clients, args.seconds, 0, year, think),
+        try:
+            cookie = sign_in(port)
+            year = _now().year
+            n = args.cases
+            warm = Client(port, cookie)
+            for _ in range(20):
+                warm.request("GET", "/cases")
+                warm.request("GET", f"/cases/TMSI-{year}-{random.randrange(1, n + 1):06d}")
+            rows: list[tuple[str, int, list[float]]] = []
+            wrk_rows: list[tuple[str, int, tuple[int, float, float, float, float]]] = []
+            use_wrk = args.loader == "wrk" or (args.loader == "auto" and shutil.which("wrk") is not None)
+            if use_wrk:
+                for think in (0.0, args.think) if args.think else (0.0,):
+                    label = f"think {think:g} s" if think else "closed loop"
+                    wrk_rows.append(
+                        (
+                            f"queue page, default filter, page 1 ({label})",
+                            args.clients,
+                            run_wrk(port, cookie, args.clients, args.seconds, 0, year, think),
+                        )
                     )
-                )
-                wrk_rows.append(
-                    (
-                        f"case page, random case ({label})",
-                        args.clients,
-                        run_wrk(port, cookie, args.clients, args.seconds, n, year, think),
+                    wrk_rows.append(
+                        (
+                            f"case page, random case ({label})",
+                            args.clients,
+                            run_wrk(port, cookie, args.clients, args.seconds, n, year, think),
+                        )
                     )
-                )
-        else:
-            queue = run_load(port, cookie, args.clients, args.requests, lambda r: "/cases", "queue-table")
-            rows.append(("queue page (default filter, page 1)", args.clients, queue))
-            case = run_load(
-                port,
-                cookie,
-                args.clients,
-                args.requests,
-                lambda r: f"/cases/TMSI-{year}-{r.randrange(1, n + 1):06d}",
-                "timeline-list",
-            )
-            rows.append(("case page (random case)", args.clients, case))
-            if args.think:
-                label = f"think {args.think:g} s"
-                queue = run_load(
-                    port, cookie, args.clients, args.requests, lambda r: "/cases", "queue-table", args.think
-                )
-                rows.append((f"queue page ({label})", args.clients, queue))
+            else:
+                queue = run_load(port, cookie, args.clients, args.requests, lambda r: "/cases", "queue-table")
+                rows.append(("queue page (default filter, page 1)", args.clients, queue))
                 case = run_load(
                     port,
                     cookie,
@@ -697,33 +759,64 @@ def main() -> None:
                     args.requests,
                     lambda r: f"/cases/TMSI-{year}-{r.randrange(1, n + 1):06d}",
                     "timeline-list",
-                    args.think,
                 )
-                rows.append((f"case page ({label})", args.clients, case))
-        queries = [
-            "240.0.0.0/4",
-            "240.1.0.0/16",
-            "240.1.2.0/24",
-            "240.1.2.3",
-            "2001:db8::/32",
-            "2001:db8:12::/48",
-        ]
-        single = Client(port, cookie)
-        cidr_rows: list[tuple[str, float, int]] = []
-        for q in queries:
-            samples = []
-            total = ""
-            for _ in range(7):
-                t0 = time.perf_counter()
-                status, _, body = single.request("GET", f"/cases?status=all&net={q}")
-                samples.append(time.perf_counter() - t0)
-                assert status == 200, (q, status)
-                found = re.search(r"(\d+) case\(s\)", body)
-                total = found.group(1) if found else "?"
-            cidr_rows.append((q, statistics.median(samples) * 1000, int(total) if total.isdigit() else -1))
+                rows.append(("case page (random case)", args.clients, case))
+                if args.think:
+                    label = f"think {args.think:g} s"
+                    queue = run_load(
+                        port,
+                        cookie,
+                        args.clients,
+                        args.requests,
+                        lambda r: "/cases",
+                        "queue-table",
+                        args.think,
+                    )
+                    rows.append((f"queue page ({label})", args.clients, queue))
+                    case = run_load(
+                        port,
+                        cookie,
+                        args.clients,
+                        args.requests,
+                        lambda r: f"/cases/TMSI-{year}-{r.randrange(1, n + 1):06d}",
+                        "timeline-list",
+                        args.think,
+                    )
+                    rows.append((f"case page ({label})", args.clients, case))
+            queries = [
+                "240.0.0.0/4",
+                "240.1.0.0/16",
+                "240.1.2.0/24",
+                "240.1.2.3",
+                "2001:db8::/32",
+                "2001:db8:12::/48",
+            ]
+            # Repeating one search within the queue cache's lifetime would time the cache: the searches
+            # run against a server with it off (TMSI_QUEUE_CACHE_SECONDS=0).
+            stop_gunicorn(gunicorn)
+            gunicorn = start_gunicorn(
+                port, dict(env, TMSI_QUEUE_CACHE_SECONDS="0"), args.workers, args.threads
+            )
+            single = Client(port, sign_in(port))
+            cidr_rows: list[tuple[str, float, int]] = []
+            for q in queries:
+                samples = []
+                total = ""
+                for _ in range(7):
+                    t0 = time.perf_counter()
+                    status, _, body = single.request("GET", f"/cases?status=all&net={q}")
+                    samples.append(time.perf_counter() - t0)
+                    assert status == 200, (q, status)
+                    found = re.search(r"(\d+) case\(s\)", body)
+                    total = found.group(1) if found else "?"
+                cidr_rows.append(
+                    (q, statistics.median(samples) * 1000, int(total) if total.isdigit() else -1)
+                )
+        finally:
+            stop_gunicorn(gunicorn)
+        # After gunicorn has stopped, so that nothing else of ours runs meanwhile.
+        cpu_rows = measure_cpu(url, app_env, args.cases, args.cpu) if args.cpu else []
     finally:
-        gunicorn.send_signal(signal.SIGTERM)
-        gunicorn.wait(15)
         if not args.keep:
             with admin.connect() as conn:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{args.db}" WITH (FORCE)'))
@@ -754,6 +847,13 @@ def main() -> None:
         "|---|---|---|",
     ]
     lines += [f"| {q} | {found:,} | {ms:.1f} |" for q, ms, found in cidr_rows]
+    if cpu_rows:
+        lines += [
+            "",
+            f"| CPU per page, in-process ({args.cpu} requests each) | Python ms | PostgreSQL ms | total ms |",
+            "|---|---|---|---|",
+        ]
+        lines += [f"| {name} | {py:.2f} | {pg:.2f} | {py + pg:.2f} |" for name, py, pg in cpu_rows]
     if timings:
         lines += ["", "Load: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())]
     table = "\n".join(lines)

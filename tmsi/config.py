@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     huey_storage: Literal["sqlite", "redis", "memory"] = "sqlite"
     session_idle_minutes: int = 60
     session_cookie_secure: bool = False
+    queue_cache_seconds: float = Field(
+        2.0, ge=0, le=2, description="reuse a rendered queue table this long (per process); 0: never"
+    )
     poll_interval_seconds: int = 60
     retention_days: int = Field(
         0, ge=0, description="purge raw mail of closed cases after N days; 0 keeps it"

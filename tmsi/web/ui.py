@@ -130,13 +130,14 @@ class _QueueTable:
     rows_html: Markup
     total: int
     pages: int
+    assignees: list[Any]  # for the filter and bulk-assign menus
 
 
-# Rendered queue tables (the rows, the total) by filter, for QUEUE_CACHE_TTL seconds, per process: under
-# load most queue views are the same default page, and rendering its 50 rows is most of its cost. What an
-# analyst changes shows at once on their own next page (see _note_write); others see it within the TTL.
+# Rendered queue tables (rows, total, assignable users) by filter, kept Settings.queue_cache_seconds
+# (at most 2 s) per process: under load most queue views are the same default page, and rendering its 50
+# rows is most of its cost. An analyst's own change shows at once on their next page (see _note_write);
+# changes by others (jobs, other users, other processes) show within the TTL.
 _QUEUE_TABLES: dict[tuple[Any, ...], _QueueTable] = {}
-QUEUE_CACHE_TTL = 2.0
 QUEUE_CACHE_SIZE = 256
 _OWN_WRITE = "wrote_at"
 
@@ -147,9 +148,10 @@ def _note_write() -> None:
 
 
 def _queue_cache_ttl() -> float:
-    if current_app.testing and "TMSI_QUEUE_CACHE_TTL" not in current_app.config:
-        return 0.0
-    ttl = float(current_app.config.get("TMSI_QUEUE_CACHE_TTL", QUEUE_CACHE_TTL))
+    if "TMSI_QUEUE_CACHE_TTL" in current_app.config:  # set by tests
+        ttl = float(current_app.config["TMSI_QUEUE_CACHE_TTL"])
+    else:
+        ttl = 0.0 if current_app.testing else get_settings().queue_cache_seconds
     if ttl > 0 and time.time() - float(session.get(_OWN_WRITE, 0)) < ttl:
         return 0.0  # this user acted within the TTL: a cached table could predate their change
     return ttl
@@ -172,7 +174,7 @@ def _queue_table(db: Session, flt: queue_svc.QueueFilter, user_id: int) -> _Queu
     rows_html = Markup(  # noqa: S704
         render_template("ui/_queue_rows.html", page=page, case_url=url_for("ui.queue") + "/")
     )
-    table = _QueueTable(now + ttl, rows_html, page.total, page.pages)
+    table = _QueueTable(now + ttl, rows_html, page.total, page.pages, _assignees(db))
     if ttl > 0:
         if len(_QUEUE_TABLES) >= QUEUE_CACHE_SIZE:
             for stale in [k for k, v in _QUEUE_TABLES.items() if v.expires <= now] or list(_QUEUE_TABLES):
@@ -205,7 +207,7 @@ def queue() -> Any:
         counts=queue_svc.cached_status_counts(db, _counts_ttl()),
         flt=flt,
         error=error,
-        assignees=_assignees(db),
+        assignees=table.assignees,
         statuses=list(CaseStatus),
         results=list(CheckResult),
         ages=list(queue_svc.AGES),
@@ -940,6 +942,7 @@ def users_update() -> Any:
     except (users.UserError, ValueError) as exc:
         flash(f"Not done: {exc}", "error")
         return redirect(url_for("ui.users_page"))
+    _note_write()
     flash(message, "success")
     if new_token:
         with get_db().factory() as db:
