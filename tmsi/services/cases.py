@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -39,9 +41,38 @@ def format_reference(year: int, number: int) -> str:
     return f"TMSI-{year}-{number:06d}"
 
 
+_NUMBERS = "tmsi.cases.numbers"
+
+
+@contextmanager
+def batch_references(session: Session) -> Iterator[None]:
+    """Within the block, only the first new reference of a year is an upsert of the counter; the next
+    ones count on in memory, and the block's end writes the last number back (one statement).
+
+    Still gap-free and safe for concurrent workers: the upsert locks the year's counter row until the
+    transaction ends, exactly as allocating one at a time does. Nothing is written if the block raises.
+    """
+    if session.info.get(_NUMBERS) is not None:
+        yield
+        return
+    numbers: dict[int, list[int]] = {}  # year -> [first allocated, last allocated]
+    session.info[_NUMBERS] = numbers
+    try:
+        yield
+    finally:
+        session.info.pop(_NUMBERS, None)
+    for year, (first, last) in numbers.items():
+        if last != first:
+            session.execute(update(CaseCounter).where(CaseCounter.year == year).values(value=last))
+
+
 def next_reference(session: Session, now: datetime | None = None) -> str:
     """Allocate the next ``TMSI-YYYY-NNNNNN`` atomically (one upsert; safe for concurrent workers)."""
     year = (now or utcnow()).year
+    numbers: dict[int, list[int]] | None = session.info.get(_NUMBERS)
+    if numbers is not None and year in numbers:
+        numbers[year][1] += 1
+        return format_reference(year, numbers[year][1])
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = (
@@ -51,6 +82,8 @@ def next_reference(session: Session, now: datetime | None = None) -> str:
         .returning(CaseCounter.value)
     )
     number = session.execute(stmt).scalar_one()
+    if numbers is not None:
+        numbers[year] = [number, number]
     return format_reference(year, number)
 
 

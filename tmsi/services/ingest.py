@@ -287,6 +287,13 @@ def store_and_process(
         content_hash=item.content_hash,
         raw=item.raw,
         raw_size=len(item.raw),
+        # Every column given (here and for outgoing mail): rows with the same columns are inserted
+        # together, one statement per table for a whole batch.
+        from_addr="",
+        from_name="",
+        envelope_from="",
+        subject="",
+        in_reply_to="",
         to_addrs=[],
         references=[],
         headers=[],
@@ -337,7 +344,12 @@ def process_batch(
     batch = Batch()
     batch.prefetch(session, (item.key for item, _ in items))
     results = []
-    with session.no_autoflush, audit.deferred(session), replies.batch_cache(session):
+    with (
+        session.no_autoflush,
+        audit.deferred(session),
+        replies.batch_cache(session),
+        cases.batch_references(session),
+    ):
         for item, delivery in items:
             results.append(
                 store_and_process(
