@@ -403,3 +403,80 @@ def test_case_page_shows_each_authority_check_escaped(client, factory):
     assert "&lt;script&gt;x&lt;/script&gt;" in html and "<script>x</script>" not in html
     assert 'id="authority-flags"' in html and "lookalike sender domain &lt;b&gt;" in html
     assert 'id="authority-targets"' in html and "no match" in html
+
+
+def test_case_page_keeps_each_targets_checks_and_runs_apart_and_bounded(client, factory):
+    from datetime import timedelta
+
+    from tmsi.web import ui
+
+    ref = make_case(factory, targets=("203.0.113.0/30", "198.51.100.7/32"), listings=("203.0.113.0/24",))
+    other = make_case(factory, targets=("192.0.2.1/32",))
+    now = utcnow()
+    with unit_of_work(factory) as db:
+        case = cases.get_by_reference(db, ref)
+        merged = cases.get_by_reference(db, other)
+        assert case is not None and merged is not None
+        merged.merged_into_id = case.id
+        first, second = case.targets
+        for n in range(ui.RUNS_PER_TARGET + 2):
+            db.add(
+                VerificationRun(
+                    case_id=case.id,
+                    target_id=first.id,
+                    network=first.network,
+                    summary={},
+                    status=RunStatus.DONE,
+                    total=4,
+                    done=4,
+                    requested_by=f"run-{n}@example.test",
+                )
+            )
+        for n in range(ui.CHECK_HISTORY + 5):
+            db.add(
+                DnsCheck(
+                    target_id=first.id,
+                    address=f"203.0.113.{n % 2}",
+                    version=4,
+                    address_key=bytes([203, 0, 113, n % 2]),
+                    result=CheckResult.FAIL,
+                    name_verdict=NameVerdict.GENERIC,
+                    ptr_names=[f"old-{n}.isp.example."],
+                    reasons=[],
+                    evidence={},
+                    checked_at=now - timedelta(minutes=100 - n),
+                )
+            )
+        db.add(
+            DnsCheck(
+                target_id=second.id,
+                address="198.51.100.7",
+                version=4,
+                address_key=bytes([198, 51, 100, 7]),
+                result=CheckResult.PASS,
+                name_verdict=NameVerdict.STATIC,
+                ptr_names=["mail.isp.example."],
+                reasons=[],
+                evidence={},
+                checked_at=now,
+            )
+        )
+        author = db.scalars(select(Case.assignee_id)).first()
+        db.add(CaseNote(case_id=case.id, author_id=author, body="a note by nobody in particular"))
+    signed_in(client, factory, "analyst")
+    html = client.get(f"/cases/{ref}").text
+    first_start = html.index('id="target-')
+    second_start = html.index('id="target-', first_start + 1)
+    first_row = html[first_start:second_start]
+    second_row = html[second_start : html.index("</tbody>", second_start)]
+    # Newest check per address first, history and runs cut at their limits, no target shows another's.
+    last = ui.CHECK_HISTORY + 4
+    assert f"old-{last}.isp.example." in first_row and f"old-{last - 1}.isp.example." in first_row
+    assert f"History of checks ({ui.CHECK_HISTORY})" in first_row and "old-0.isp.example." not in first_row
+    assert f"Runs ({ui.RUNS_PER_TARGET})" in first_row and "run-0@example.test" not in first_row
+    assert f"run-{ui.RUNS_PER_TARGET + 1}@example.test" in first_row
+    assert "mail.isp.example." in second_row and "old-" not in second_row and "Runs (" not in second_row
+    assert "mail.isp.example." not in first_row
+    assert "a note by nobody in particular" in html and "system ·" in html
+    merged_page = client.get(f"/cases/{other}").text
+    assert f">{ref}</a></dd>" in merged_page  # "Merged into" links to the surviving case
