@@ -1,12 +1,17 @@
-"""Web UI under load: the queue page and case pages against gunicorn on loopback, and CIDR searches.
+"""Web UI under load: the queue page and case pages against gunicorn on loopback, CIDR searches, and the
+CPU each page costs.
 
 Loads N cases (with targets, audit events, verdicts), M messages and L listings into a throw-away
 PostgreSQL database with COPY, starts gunicorn on a free loopback port, and drives it with C concurrent
-keep-alive clients (closed loop, no think time). Synthetic IPv4 lives in 240.0.0.0/4 (reserved, never
-routed), IPv6 in 2001:db8::/32 (documentation), as in bench/listings.py. Usage:
+keep-alive clients: closed loop (no think time), then with think time. The load generator is wrk when
+installed (Debian: `apt-get install wrk`; much lighter than Python threads on a 2-core machine), else Python
+threads. CIDR searches run against a second gunicorn with the queue cache off, so that repeating a search
+times the search. Last, CPU milliseconds per page are measured in-process (Flask test client; Python and
+the PostgreSQL backend), the number to compare on a machine shared with other work. Synthetic IPv4 lives in
+240.0.0.0/4 (reserved, never routed), IPv6 in 2001:db8::/32 (documentation), as in bench/listings.py. Usage:
 
     python -m bench.ui [--cases 100000] [--messages 500000] [--listings 1000000] [--clients 20]
-                       [--requests 2000] [--workers 2] [--threads 4] [--keep] [--reuse]
+                       [--seconds 20] [--think 1] [--workers 2] [--threads 4] [--cpu 300] [--keep] [--reuse]
 """
 
 from __future__ import annotations
