@@ -166,6 +166,7 @@ def child(args: argparse.Namespace) -> None:
         authserv_ids=["mx.example.test"],
         imap_batch_size=200,
         ingest_defer=args.defer > 0,
+        ingest_parse_workers=args.parse_workers,
         _env_file=None,
     )
     factory = make_sessionmaker(make_engine(args.url))
@@ -231,6 +232,7 @@ def child(args: argparse.Namespace) -> None:
                 "rss_at_start_mib": round(rss_start / 1024, 1),
                 "rss_max_while_polling_mib": round(max(samples) / 1024, 1),
                 "peak_rss_mib": round(current_rss_kib("VmHWM") / 1024, 1),
+                "poll_seconds_by_phase": report.seconds,
             }
         )
     )
@@ -313,6 +315,13 @@ def main() -> None:
         metavar="N",
         help="TMSI_INGEST_DEFER: the poller only stores; then N worker processes process the stored mail",
     )
+    parser.add_argument(
+        "--parse-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="TMSI_INGEST_PARSE_WORKERS: processes that parse the next batch while the poller stores one",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--work", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -366,6 +375,8 @@ def main() -> None:
                         user,
                         "--defer",
                         str(args.defer),
+                        "--parse-workers",
+                        str(args.parse_workers),
                     ],
                     check=True,
                     capture_output=True,

@@ -65,6 +65,13 @@ class Settings(BaseSettings):
     ingest_defer: bool = Field(
         False, description="the poller only stores mail; workers process it (job_process_stored), in parallel"
     )
+    ingest_parse_workers: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="processes that parse the next fetched batch while the poller stores the current one "
+        "(0: the poller parses)",
+    )
     maildir_path: Path = Path("instance/maildir")
     own_networks: NetworkList = Field(default_factory=list, description="our own infrastructure CIDRs")
     authserv_ids: CommaList = Field(default_factory=list, description="our MTA's authserv-ids")

@@ -156,7 +156,8 @@ class CrashingMove(ImapMailbox):
         raise MailboxError("killed before MOVE")
 
 
-def test_crash_between_commit_and_move_then_restart(imap_settings, factory, dovecot):
+def test_crash_between_commit_and_move_then_restart(imap_settings, factory, dovecot, monkeypatch):
+    monkeypatch.setattr(ingest, "MOVE_EVERY", 1)  # move after every IMAP batch, as a busy pass does
     user = imap_settings.imap_user
     for i in range(5):
         dovecot.append("INBOX", mails.request(f"203.0.113.{40 + i}", sender=f"noc{i}@isp.example"), user=user)

@@ -10,6 +10,7 @@ import base64
 import binascii
 import codecs
 import email.utils
+import functools
 import hashlib
 import quopri
 import re
@@ -423,6 +424,26 @@ META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9_.:-]+)""
 # body walk
 
 
+class _CachingPolicy(policy.EmailPolicy):
+    """``policy.default`` that builds each distinct header object once: the parser and our walk ask for
+    a part's Content-Type several times, and ``policy.default`` parses the raw value again every time
+    (the costliest step of parsing a message). Header objects are immutable, so sharing them is safe."""
+
+    def header_fetch_parse(self, name: str, value: Any) -> Any:
+        if hasattr(value, "name"):
+            return value
+        if len(value) > 512:  # long values are rarely asked twice; keep the cache small
+            return super().header_fetch_parse(name, value)
+        return _header_object(self, name, value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _header_object(parse_policy: _CachingPolicy, name: str, value: str) -> Any:
+    return policy.EmailPolicy.header_fetch_parse(parse_policy, name, value)
+
+
+PARSE_POLICY = _CachingPolicy()
+
 # MIME headers are read from the raw values: the policy would build (and re-parse) a header object on
 # every access, which cost more than the parse itself.
 PARAM = re.compile(r';\s*([^\s=;]+)\s*=\s*("(?:[^"\\]|\\.)*"?|[^;]*)')
@@ -626,7 +647,7 @@ def _walk_broken_multipart(
     if match:
         state.defects.append(f"declared MIME boundary not found; used {match.group(1)!r} from the body")
         head = f'Content-Type: multipart/mixed; boundary="{match.group(1)}"\r\n\r\n'
-        repaired = BytesParser(policy=policy.default).parsebytes(
+        repaired = BytesParser(policy=PARSE_POLICY).parsebytes(
             head.encode("ascii") + body.encode("utf-8", "surrogateescape")
         )
         if repaired.is_multipart():
@@ -810,7 +831,7 @@ def parse_message(raw: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ParsedMe
 
     reduced, spans = _elide_base64_runs(stripped)
     try:
-        message = BytesParser(policy=policy.default).parsebytes(reduced)
+        message = BytesParser(policy=PARSE_POLICY).parsebytes(reduced)
     except Exception as exc:  # the parser is lenient; anything raised here is a parser bug on garbage
         raise MailParseError(f"MIME parser failed: {type(exc).__name__}: {exc}") from None
 

@@ -7,9 +7,12 @@ commit; deliveries (mailbox, folder, UIDVALIDITY, UID) make a restart after a cr
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import ipaddress
 import logging
+import multiprocessing
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -196,6 +199,8 @@ class Batch:
     by_header: dict[str, Message] = field(default_factory=dict)
     cases_by_reference: dict[str, Case] = field(default_factory=dict)
     results: list[tuple[IngestResult, Message]] = field(default_factory=list)
+    # The listings overlapping each target of the batch (by CIDR): one query per 16 targets.
+    listings: dict[str, list[Any]] = field(default_factory=dict)
 
     def prefetch(self, session: Session, keys: Iterable[str]) -> None:
         """The stored messages with any of ``keys``: one query for the batch instead of one per message."""
@@ -204,6 +209,10 @@ class Batch:
             chunk = wanted[start : start + 500]
             for message in session.scalars(select(Message).where(Message.dedupe_key.in_(chunk))):
                 self.by_key.setdefault(message.dedupe_key, message)
+
+    def prefetch_listings(self, session: Session, items: Iterable[Prepared]) -> None:
+        networks = [net for item in items if item.targets is not None for net in item.targets.networks]
+        self.listings = listings.find_overlapping_rows_many(session, networks)
 
     def finish(self) -> None:
         """After the flush: every result gets its message's id."""
@@ -226,14 +235,22 @@ class Prepared:
     parsed: ParsedMessage | None
     error: str | None
     key: str
+    targets: ExtractedTargets | None = None
 
 
 def prepare(raw: bytes, settings: Settings) -> Prepared:
+    """Parse and extract: a pure function of the bytes and the settings (runs in a parser process)."""
     raw = bytes(raw)
     content_hash = hashlib.sha256(raw).hexdigest()
     parsed, error = _parse(raw, settings)
     key = dedupe_key(parsed) if parsed is not None else f"raw:{content_hash}"
-    return Prepared(raw, content_hash, parsed, error, key)
+    targets = None
+    if parsed is not None:
+        try:
+            targets = _extract(parsed, settings)
+        except Exception:  # an extractor bug: processing extracts again and quarantines with the reason
+            log.exception("extracting addresses from a %d-byte message failed", len(raw))
+    return Prepared(raw, content_hash, parsed, error, key, targets)
 
 
 def process_message(
@@ -321,8 +338,8 @@ def store_and_process(
             session.flush()
         return _track(batch, message, IngestResult(message_id=message.id, status=message.status.value))
     if batch is not None:
-        return _track(batch, message, _process(session, message, parsed, settings, now, batch))
-    return _process_guarded(session, message, parsed, settings, now)
+        return _track(batch, message, _process(session, message, parsed, settings, now, batch, item.targets))
+    return _process_guarded(session, message, parsed, settings, now, item.targets)
 
 
 def process_batch(
@@ -343,6 +360,8 @@ def process_batch(
     now = now or utcnow()
     batch = Batch()
     batch.prefetch(session, (item.key for item, _ in items))
+    if not defer:
+        batch.prefetch_listings(session, (item for item, _ in items))
     results = []
     with (
         session.no_autoflush,
@@ -350,6 +369,9 @@ def process_batch(
         replies.batch_cache(session),
         cases.batch_references(session),
     ):
+        if not defer:
+            senders = [item.parsed.from_addr for item, _ in items if item.parsed is not None]
+            replies.prefetch_automatic_counts(session, senders, now)
         for item, delivery in items:
             results.append(
                 store_and_process(
@@ -377,12 +399,17 @@ def _quarantine(message: Message, reason: str, *, parse_error: str | None = None
 
 
 def _process_guarded(
-    session: Session, message: Message, parsed: ParsedMessage, settings: Settings, now: datetime
+    session: Session,
+    message: Message,
+    parsed: ParsedMessage,
+    settings: Settings,
+    now: datetime,
+    targets: ExtractedTargets | None = None,
 ) -> IngestResult:
     """Run the processing in a savepoint: if any step fails, the stored raw message survives, quarantined."""
     try:
         with session.begin_nested():
-            return _process(session, message, parsed, settings, now)
+            return _process(session, message, parsed, settings, now, targets=targets)
     except Exception as exc:
         log.exception("processing message %s failed; quarantined", message.id)
         session.refresh(message)
@@ -499,9 +526,10 @@ def _process(
     settings: Settings,
     now: datetime,
     batch: Batch | None = None,
+    targets: ExtractedTargets | None = None,
 ) -> IngestResult:
     _fill(message, parsed)
-    targets = _extract(parsed, settings)
+    targets = targets if targets is not None else _extract(parsed, settings)
     thread = find_thread(session, parsed, exclude_id=message.id, batch=batch)
     verdict = classify_message(
         parsed,
@@ -699,7 +727,13 @@ def _handle_human(
     _attach(message, case)
 
     added = add_targets(
-        session, case, targets.networks, sources=targets.sources, oversized=targets.oversized, now=now
+        session,
+        case,
+        targets.networks,
+        sources=targets.sources,
+        oversized=targets.oversized,
+        now=now,
+        found=batch.listings if batch is not None else None,
     )
     result.targets = [t.network for t in added]
     all_targets = list(case.targets)
@@ -795,6 +829,7 @@ def add_targets(
     sources: dict[str, str] | None = None,
     oversized: Iterable[str] = (),
     now: datetime | None = None,
+    found: dict[str, list[Any]] | None = None,
 ) -> list[CaseTarget]:
     """Add the networks the case does not have yet, each linked to the listings it overlaps.
 
@@ -811,7 +846,11 @@ def add_targets(
             continue
         have.add(cidr)
         version, start, end = network_keys(network)
-        found = listings.find_overlapping_rows(session, network)
+        overlapping = (
+            found[cidr]
+            if found is not None and cidr in found
+            else listings.find_overlapping_rows(session, network)
+        )
         target = CaseTarget(
             network=cidr,
             version=version,
@@ -820,14 +859,14 @@ def add_targets(
             end_key=end,
             source_text=_clean(sources.get(cidr, ""), 255),
             oversized=cidr in too_big,
-            coverage=listings.coverage_of(network, found),
+            coverage=listings.coverage_of(network, overlapping),
             status=TargetStatus.PENDING,
-            summary={"listings": len(found)},
+            summary={"listings": len(overlapping)},
             authority_evidence={},
             next_check_at=now,
             created_at=now,
         )
-        for listing in found:
+        for listing in overlapping:
             listed = ipaddress.ip_network(listing.network)
             inside = listed.network_address <= network.network_address  # type: ignore[operator]
             covers = inside and network.broadcast_address <= listed.broadcast_address  # type: ignore[operator]
@@ -1082,6 +1121,10 @@ class PollReport:
     bytes: int = 0
     errors: list[str] = field(default_factory=list)
     skipped: str = ""
+    # where the pass spent its time (seconds): fetching, waiting for parser processes, storing, moving
+    seconds: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(("fetch", "parse", "store", "move"), 0.0)
+    )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -1142,18 +1185,19 @@ def poll_once(
     return report
 
 
-def _poll(
+def _fetch_parts(
     settings: Settings,
     factory: sessionmaker[Session],
     mailbox: Mailbox,
     report: PollReport,
-    holder: str,
-    lock: str,
+    parser: Parser,
     source: str,
     processed_folder: str,
     quarantine_folder: str,
     limit: int | None,
-) -> None:
+) -> Iterator[tuple[dict[str, list[int]], list[tuple[int, bytes]], Parsing | None]]:
+    """The source folder as parts to store: (the IMAP batch's moves, the part's (uid, raw), its parsing);
+    after the parts of each IMAP batch, (moves, [], None). Mail already committed is only moved."""
     name = report.mailbox
     mailbox.ensure_folders([processed_folder, quarantine_folder])
     uidvalidity = mailbox.select(source)
@@ -1194,25 +1238,142 @@ def _poll(
         todo = [uid for uid in batch if uid not in known][: max(budget, 0)]
         budget -= len(todo)
         for part in _by_size(mailbox.fetch(source, todo), BATCH_BYTES):
-            items = [(uid, prepare(raw, settings)) for uid, raw in part]
-            del part
+            yield moves, part, parser.submit(settings, [raw for _, raw in part])
+        yield moves, [], None  # the batch is complete: its mail may move
+
+
+def _poll(
+    settings: Settings,
+    factory: sessionmaker[Session],
+    mailbox: Mailbox,
+    report: PollReport,
+    holder: str,
+    lock: str,
+    source: str,
+    processed_folder: str,
+    quarantine_folder: str,
+    limit: int | None,
+) -> None:
+    """Fetch, parse, store. With parser processes, the next part is fetched and parsed while this one is
+    stored (a look-ahead of one part); mail moves only after the commit of its whole IMAP batch."""
+    name = report.mailbox
+    parser = Parser(settings.ingest_parse_workers)
+    pipeline = _fetch_parts(
+        settings, factory, mailbox, report, parser, source, processed_folder, quarantine_folder, limit
+    )
+    seconds = report.seconds
+    to_move: dict[str, list[int]] = {}
+    clock = time.perf_counter()
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[phase] += now - clock
+        clock = now
+
+    current = next(pipeline, None)
+    lap("fetch")
+    while current is not None:
+        upcoming = next(pipeline, None)
+        lap("fetch")
+        moves, part, pending = current
+        if pending is None:
+            # Only now, after each message's commit: a crash before this line leaves them in the folder,
+            # and the next pass recognises their deliveries and just moves them.
+            for destination, moved in moves.items():
+                to_move.setdefault(destination, []).extend(moved)
+            if sum(map(len, to_move.values())) >= MOVE_EVERY or upcoming is None:
+                for destination, moved in to_move.items():
+                    if moved:
+                        mailbox.move(source, sorted(moved), destination)
+                to_move.clear()
+            acquire_lease(factory, lock, holder, LEASE_SECONDS)
+            lap("move")
+        else:
+            prepared = pending.result()
+            lap("parse")
+            items = list(zip([uid for uid, _ in part], prepared, strict=True))
             report.seen += len(items)
             report.bytes += sum(len(item.raw) for _, item in items)
-            deliveries = {uid: Delivery(name, source, uidvalidity, uid) for uid, _ in items}
+            deliveries = {uid: Delivery(name, source, report.uidvalidity, uid) for uid, _ in items}
             outcomes = _ingest_many(settings, factory, items, deliveries, report)
             for uid, outcome in outcomes.items():
                 if outcome is not None:
                     moves[
                         quarantine_folder if outcome == MessageStatus.QUARANTINED.value else processed_folder
                     ].append(uid)
-            del items
-        # Only now, after each message's commit: a crash before this line leaves them in the folder,
-        # and the next pass recognises their deliveries and just moves them.
-        for destination, moved in moves.items():
-            if moved:
-                mailbox.move(source, sorted(moved), destination)
-        acquire_lease(factory, lock, holder, LEASE_SECONDS)
+            del items, part, pending, prepared
+            lap("store")
+        current = upcoming
+    for phase in seconds:
+        seconds[phase] = round(seconds[phase], 3)
 
+
+# --------------------------------------------------------------------------------------------------
+# parsing in other processes (TMSI_INGEST_PARSE_WORKERS): parse + extract is a pure function of the
+# bytes, about half the poller's CPU per message; the database work stays in the poller.
+
+_POOLS: dict[int, concurrent.futures.ProcessPoolExecutor] = {}
+
+
+def _pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
+    """One pool per process, started on first use and kept (a forkserver: safe beside threads)."""
+    pool = _POOLS.get(workers)
+    if pool is None:
+        context = multiprocessing.get_context("forkserver")
+        pool = _POOLS[workers] = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
+    return pool
+
+
+def _prepare_remote(raws: list[bytes], settings: Settings) -> list[Prepared]:
+    """In a parser process: everything but the raw bytes goes back (the poller has them)."""
+    prepared = [prepare(raw, settings) for raw in raws]
+    for item in prepared:
+        item.raw = b""
+    return prepared
+
+
+class Parsing:
+    """The parse of one part: in a parser process, or (no workers, or that process failed) here."""
+
+    def __init__(
+        self, settings: Settings, raws: list[bytes], future: concurrent.futures.Future[list[Prepared]] | None
+    ) -> None:
+        self.settings, self.raws, self.future = settings, raws, future
+
+    def result(self) -> list[Prepared]:
+        if self.future is not None:
+            try:
+                prepared = self.future.result()
+            except Exception:  # a parser process died (a hostile message, memory): parse here instead
+                log.exception("a parser process failed; parsing %d message(s) in the poller", len(self.raws))
+                _POOLS.clear()
+            else:
+                for item, raw in zip(prepared, self.raws, strict=True):
+                    item.raw = bytes(raw)
+                return prepared
+        return [prepare(raw, self.settings) for raw in self.raws]
+
+
+class Parser:
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+
+    def submit(self, settings: Settings, raws: list[bytes]) -> Parsing:
+        if self.workers <= 0 or len(raws) < 2:
+            return Parsing(settings, raws, None)
+        try:
+            return Parsing(settings, raws, _pool(self.workers).submit(_prepare_remote, raws, settings))
+        except Exception:  # a broken pool: start a new one next time
+            log.exception("cannot hand mail to a parser process; parsing in the poller")
+            _POOLS.clear()
+            return Parsing(settings, raws, None)
+
+
+# Committed mail leaves the source folder in MOVEs of about this many messages (or at the end of a
+# pass): a server may rewrite a whole folder index per MOVE (Dovecot's maildir does), so few large moves
+# cost far less than one per IMAP batch. Until moved, a restart recognises the mail as committed.
+MOVE_EVERY = 2000
 
 # A fetched batch is processed in parts of at most this many bytes of mail (a part has one message at
 # least): the memory a batch holds does not depend on how large its messages are.

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, union_all, update
+from sqlalchemy import bindparam, insert, literal_column, select, union_all, update
 from sqlalchemy.orm import Session
 
 from tmsi.db import utcnow
@@ -86,6 +86,58 @@ def find_overlapping_rows(session: Session, network: IPNetwork, *, active_only: 
     """As :func:`find_overlapping`, but read-only rows (``ROW_COLUMNS``): the fast path for look-ups."""
     found = {row.id: row for row in session.execute(_OVERLAP_ROWS[active_only], _overlap_params(network))}
     return sorted(found.values(), key=lambda row: (row.start_key, row.prefixlen))
+
+
+MANY_CHUNK = 16
+
+
+def _overlap_many_statement(size: int) -> Any:
+    """:func:`_overlap_statement` for ``size`` networks at once, each row tagged with its network's
+    position ``q``: one round trip for many look-ups. Every chunk has the same size (padded), so the
+    statement is compiled once."""
+    parts = []
+    for i in range(size):
+        version: Any = bindparam(f"version{i}")
+        start: Any = bindparam(f"start{i}")
+        end: Any = bindparam(f"end{i}")
+        keys: Any = bindparam(f"keys{i}", expanding=True)
+        tag: Any = literal_column(str(i)).label("q")
+        parts.append(
+            select(tag, *ROW_COLUMNS).where(
+                Listing.version == version, Listing.start_key.between(start, end), Listing.active.is_(True)
+            )
+        )
+        parts.append(
+            select(tag, *ROW_COLUMNS).where(
+                Listing.version == version,
+                Listing.start_key.in_(keys),
+                Listing.end_key >= end,
+                Listing.active.is_(True),
+            )
+        )
+    return union_all(*parts)
+
+
+_OVERLAP_MANY = _overlap_many_statement(MANY_CHUNK)
+
+
+def find_overlapping_rows_many(session: Session, networks: Iterable[IPNetwork]) -> dict[str, list[Any]]:
+    """:func:`find_overlapping_rows` (active listings) for many networks, keyed by CIDR, in one query
+    per :data:`MANY_CHUNK` networks: what ingest needs for a whole batch of mail."""
+    wanted = list(dict.fromkeys(networks))
+    found: dict[str, dict[int, Any]] = {str(net): {} for net in wanted}
+    for first in range(0, len(wanted), MANY_CHUNK):
+        chunk = wanted[first : first + MANY_CHUNK]
+        padded = chunk + [chunk[-1]] * (MANY_CHUNK - len(chunk))
+        params: dict[str, Any] = {}
+        for i, net in enumerate(padded):
+            params.update({f"{k}{i}": v for k, v in _overlap_params(net).items()})
+        for row in session.execute(_OVERLAP_MANY, params):
+            found[str(padded[row.q])][row.id] = row
+    return {
+        cidr: sorted(rows.values(), key=lambda row: (row.start_key, row.prefixlen))
+        for cidr, rows in found.items()
+    }
 
 
 def coverage_of(network: IPNetwork, listings: Sequence[Any]) -> Coverage:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -168,6 +168,30 @@ def automatic_replies_last_hour(session: Session, recipient: str, now: datetime)
             cache.automatic_sent[key] = _count_automatic(session, key, now)
         return cache.automatic_sent[key]
     return _count_automatic(session, recipient, now)
+
+
+def prefetch_automatic_counts(session: Session, recipients: Iterable[str], now: datetime) -> None:
+    """Inside :func:`batch_cache`: count the last hour's automatic replies to all ``recipients`` in one
+    query (a batch of mail answers many senders once each)."""
+    cache: _BatchCache | None = session.info.get(_CACHE)
+    if cache is None:
+        return
+    wanted = sorted({r.strip().lower() for r in recipients if r.strip()} - set(cache.automatic_sent))
+    for first in range(0, len(wanted), 500):
+        chunk = wanted[first : first + 500]
+        counts = dict(
+            session.execute(
+                select(OutboxMessage.recipient, func.count())
+                .where(
+                    OutboxMessage.recipient.in_(chunk),
+                    OutboxMessage.automatic.is_(True),
+                    OutboxMessage.created_at >= now - timedelta(hours=1),
+                )
+                .group_by(OutboxMessage.recipient)
+            ).all()
+        )
+        for recipient in chunk:
+            cache.automatic_sent[recipient] = counts.get(recipient, 0)
 
 
 def _autoreply_limit(session: Session, settings: Settings) -> int:
