@@ -12,9 +12,10 @@ import email.policy
 import ipaddress
 import secrets
 import time
-from collections.abc import Sequence
+from collections import namedtuple
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from io import BytesIO
 from typing import Any
@@ -35,13 +36,15 @@ from flask import (
     url_for,
 )
 from markupsafe import Markup
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Enum as SAEnum
+from sqlalchemy import bindparam, func, literal_column, select
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.utils import secure_filename
 
 from tmsi.app import get_db, get_settings
-from tmsi.db import unit_of_work, utcnow
+from tmsi.db import UTCDateTime, unit_of_work, utcnow
 from tmsi.models import (
     ApiToken,
     AuditEvent,
@@ -374,63 +377,119 @@ _TIMELINE_COLUMNS = (
 )
 
 
-def _latest_per_target(columns: tuple[Any, ...], order: list[Any], limit: int) -> Any:
+def _latest_per_target(columns: tuple[Any, ...], order: list[Any], limit: int) -> tuple[Any, tuple[Any, ...]]:
     """The newest ``limit`` rows per target of the case ``:case_id``, in one statement (a window per
-    target)."""
+    target), and its order."""
     table = columns[0].class_
     rank = func.row_number().over(partition_by=table.target_id, order_by=order).label("rank")
     case_targets = select(CaseTarget.id).where(CaseTarget.case_id == bindparam("case_id"))
     ranked = select(*columns, rank).where(table.target_id.in_(case_targets.scalar_subquery())).subquery()
-    return (
-        select(*(ranked.c[c.key] for c in columns))
-        .where(ranked.c.rank <= limit)
-        .order_by(ranked.c.target_id, ranked.c.rank)
-    )
+    by = (ranked.c.target_id, ranked.c.rank)
+    return select(*(ranked.c[c.key] for c in columns)).where(ranked.c.rank <= limit).order_by(*by), by
 
 
 # Built once: constructing these statements (windows, subqueries) costs more Python than running them.
 _CASE_BY_REFERENCE = select(*_CASE_COLUMNS).where(Case.reference == bindparam("reference"))
-_TARGETS = select(*_TARGET_COLUMNS).where(CaseTarget.case_id == bindparam("case_id")).order_by(CaseTarget.id)
-_RUNS = _latest_per_target(_RUN_COLUMNS, [VerificationRun.id.desc()], RUNS_PER_TARGET)
-_CHECKS = _latest_per_target(_CHECK_COLUMNS, [DnsCheck.checked_at.desc(), DnsCheck.id.desc()], CHECK_HISTORY)
-_MESSAGES = (
-    select(*_MESSAGE_COLUMNS)
-    .where(Message.case_id == bindparam("case_id"))
-    .order_by(Message.received_at, Message.id)
-)
-_OUTBOX = (
-    select(*_OUTBOX_COLUMNS).where(OutboxMessage.case_id == bindparam("case_id")).order_by(OutboxMessage.id)
-)
-_NOTES = (
-    select(CaseNote.body, CaseNote.created_at, User.email)
-    .outerjoin(User, User.id == CaseNote.author_id)
-    .where(CaseNote.case_id == bindparam("case_id"))
-    .order_by(CaseNote.id)
-)
-_TIMELINE = (
-    select(*_TIMELINE_COLUMNS)
-    .where(AuditEvent.case_id == bindparam("case_id"))
-    .order_by(AuditEvent.at, AuditEvent.id)
-    .limit(TIMELINE_LIMIT)
-)
 _TEMPLATE_CHOICES = select(ReplyTemplate.key, ReplyTemplate.title).order_by(ReplyTemplate.key)
 _USER_EMAIL = select(User.id, User.email).where(User.id == bindparam("user_id"))
 _CASE_REFERENCE = select(Case.reference).where(Case.id == bindparam("case_id"))
+_ON_CASE: Any = bindparam("case_id")
+# Each section of the case page: its statement (ordered) and its order, by name.
+_SECTIONS: dict[str, tuple[Any, tuple[Any, ...]]] = {
+    "messages": (
+        select(*_MESSAGE_COLUMNS)
+        .where(Message.case_id == _ON_CASE)
+        .order_by(Message.received_at, Message.id),
+        (Message.received_at, Message.id),
+    ),
+    "outbox": (
+        select(*_OUTBOX_COLUMNS).where(OutboxMessage.case_id == _ON_CASE).order_by(OutboxMessage.id),
+        (OutboxMessage.id,),
+    ),
+    "notes": (
+        select(CaseNote.body, CaseNote.created_at, User.email)
+        .outerjoin(User, User.id == CaseNote.author_id)
+        .where(CaseNote.case_id == _ON_CASE)
+        .order_by(CaseNote.id),
+        (CaseNote.id,),
+    ),
+    "timeline": (
+        select(*_TIMELINE_COLUMNS)
+        .where(AuditEvent.case_id == _ON_CASE)
+        .order_by(AuditEvent.at, AuditEvent.id)
+        .limit(TIMELINE_LIMIT),
+        (AuditEvent.at, AuditEvent.id),
+    ),
+    "targets": (
+        select(*_TARGET_COLUMNS).where(CaseTarget.case_id == _ON_CASE).order_by(CaseTarget.id),
+        (CaseTarget.id,),
+    ),
+    "runs": _latest_per_target(_RUN_COLUMNS, [VerificationRun.id.desc()], RUNS_PER_TARGET),
+    "checks": _latest_per_target(
+        _CHECK_COLUMNS, [DnsCheck.checked_at.desc(), DnsCheck.id.desc()], CHECK_HISTORY
+    ),
+    "templates": (_TEMPLATE_CHOICES, (ReplyTemplate.key,)),
+    "assignees": (_ASSIGNEES, (User.email,)),
+}
 
 
-def _targets_view(db: Session, case_id: int) -> list[dict[str, Any]]:
+def _json_section(statement: Any, order: tuple[Any, ...]) -> Any:
+    """The rows of ``statement`` as one JSON array, in its order (PostgreSQL)."""
+    numbered = statement.add_columns(func.row_number().over(order_by=order).label("_ord")).subquery()
+    rows = select(func.json_agg(aggregate_order_by(numbered.table_valued(), numbered.c._ord)))
+    return func.coalesce(rows.select_from(numbered).scalar_subquery(), literal_column("'[]'::json"))
+
+
+def _utc_from_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def _json_reader(statement: Any) -> Callable[[list[dict[str, Any]]], list[Any]]:
+    """Rows from the JSON objects of one section, with the types its columns give (timestamps, enums)."""
+    names = [c.key for c in statement.selected_columns]
+    row_type = namedtuple("_Row", names)  # type: ignore[misc]
+    convert: dict[str, Callable[[Any], Any]] = {}
+    for column in statement.selected_columns:
+        if isinstance(column.type, UTCDateTime):
+            convert[column.key] = _utc_from_iso
+        elif isinstance(column.type, SAEnum) and column.type.enum_class is not None:
+            convert[column.key] = column.type.enum_class
+
+    def read(items: list[dict[str, Any]]) -> list[Any]:
+        rows = []
+        for item in items:
+            for key, to_type in convert.items():
+                if item[key] is not None:
+                    item[key] = to_type(item[key])
+            rows.append(row_type(*(item[name] for name in names)))
+        return rows
+
+    return read
+
+
+# PostgreSQL: every section in one statement, one round trip (each statement costs more in the driver and
+# the server than its rows do). Elsewhere one statement per section.
+_ALL_SECTIONS = select(*(_json_section(stmt, order).label(name) for name, (stmt, order) in _SECTIONS.items()))
+_READERS = {name: _json_reader(stmt) for name, (stmt, _order) in _SECTIONS.items()}
+
+
+def _case_sections(db: Session, case_id: int) -> dict[str, list[Any]]:
     params = {"case_id": case_id}
-    targets = db.execute(_TARGETS, params).all()
-    if not targets:
-        return []
+    if db.get_bind().dialect.name == "postgresql":
+        row = db.execute(_ALL_SECTIONS, params).one()
+        return {name: _READERS[name](row._mapping[name]) for name in _SECTIONS}
+    return {name: list(db.execute(stmt, params).all()) for name, (stmt, _order) in _SECTIONS.items()}
+
+
+def _targets_view(db: Session, sections: dict[str, list[Any]]) -> list[dict[str, Any]]:
     runs: dict[int, list[Any]] = {}
     checks: dict[int, list[Any]] = {}
-    for run in db.execute(_RUNS, params):
+    for run in sections["runs"]:
         runs.setdefault(run.target_id, []).append(run)
-    for check in db.execute(_CHECKS, params):
+    for check in sections["checks"]:
         checks.setdefault(check.target_id, []).append(check)
     out = []
-    for target in targets:
+    for target in sections["targets"]:
         latest: dict[str, Any] = {}
         for check in checks.get(target.id, []):
             latest.setdefault(check.address, check)
@@ -492,20 +551,20 @@ def _case_row(db: Session, reference: str) -> Any:
 
 def _case_context(db: Session, case: Any, **extra: Any) -> dict[str, Any]:
     """Everything the case page shows; ``case`` is the ORM case or a row of ``_CASE_COLUMNS``."""
-    params = {"case_id": case.id}
-    messages = db.execute(_MESSAGES, params).all()
-    assignees = _assignees(db)
+    sections = _case_sections(db, case.id)
+    messages = sections["messages"]
+    assignees = sections["assignees"]
     assignee = next((u for u in assignees if u.id == case.assignee_id), None)
     if assignee is None and case.assignee_id:
         assignee = db.execute(_USER_EMAIL, {"user_id": case.assignee_id}).first()
     merged_into = (
         db.execute(_CASE_REFERENCE, {"case_id": case.merged_into_id}).first() if case.merged_into_id else None
     )
-    outbox_rows = db.execute(_OUTBOX, params).all()
-    notes = db.execute(_NOTES, params).all()
-    timeline = db.execute(_TIMELINE, params).all()
-    templates = db.execute(_TEMPLATE_CHOICES).all()
-    target_views = _targets_view(db, case.id)
+    outbox_rows = sections["outbox"]
+    notes = sections["notes"]
+    timeline = sections["timeline"]
+    templates = sections["templates"]
+    target_views = _targets_view(db, sections)
     context = {
         "case": case,
         "last_run_id": max((run.id for item in target_views for run in item["runs"]), default=0),
