@@ -803,6 +803,8 @@ def main() -> None:
                 port, dict(env, TMSI_QUEUE_CACHE_SECONDS="0"), args.workers, args.threads
             )
             single = Client(port, sign_in(port))
+            for _ in range(20):  # warm both workers (templates, prepared statements) as for the pages
+                single.request("GET", "/cases?status=all&net=240.9.9.0/24")
             cidr_rows: list[tuple[str, float, int]] = []
             for q in queries:
                 samples = []
