@@ -274,3 +274,15 @@ def test_cached_queue_rows_expire_after_the_ttl(app, client, factory, cached_que
     time.sleep(0.6)
     html = client.get("/cases").text
     assert "after" in html and "before" not in html
+
+
+def test_network_total_over_all_cases_counts_each_case_once(client, factory):
+    # Two targets of one case inside the network, one case closed, one case outside: the total counts cases.
+    a = make_case(factory, targets=("203.0.113.1/32", "203.0.113.2/32"))
+    b = make_case(factory, targets=("203.0.113.0/24",), status=CaseStatus.CLOSED)
+    make_case(factory, targets=("198.51.100.1/32",))
+    signed_in(client, factory, "auditor")
+    html = client.get("/cases?status=all&net=203.0.113.0/25").text
+    assert sorted(_refs(html)) == sorted([a, b]) and "2 case(s)" in html
+    assert "1 case(s)" in client.get("/cases?net=203.0.113.0/25").text  # open cases only: the other count
+    assert "0 case(s)" in client.get("/cases?status=all&net=192.0.2.0/24").text

@@ -331,6 +331,11 @@ def search(
     if counts and counts_ttl > 0 and _only_statuses(f):
         # The filter is a set of statuses: the (cached) counts per status already give the total.
         total = sum(counts.get(s.value, 0) for s in (f.effective_statuses or CaseStatus))
+    elif f.all_statuses and f.network is not None and _only_statuses(replace(f, network=None)):
+        # Only a network over every case: count the cases of the overlapping targets (one range scan of
+        # the target index) instead of probing the targets of every case.
+        overlapping = select(func.count(CaseTarget.case_id.distinct())).where(target_overlaps(f.network))
+        total = session.scalar(overlapping) or 0
     else:
         total = session.scalar(select(func.count()).select_from(Case).where(*cond)) or 0
     stmt: Any = _waiting_page(f, user_id, now)
