@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from tmsi.db import utcnow
@@ -65,23 +66,27 @@ def record(
 
 
 def _event(spec: dict[str, Any]) -> AuditEvent:
+    return AuditEvent(**_values(spec))
+
+
+def _values(spec: dict[str, Any]) -> dict[str, Any]:
     case: Case | None = spec["case"]
     object_id = spec["object_id"]
     if not isinstance(object_id, str | int):
         object_id = object_id.id
-    return AuditEvent(
-        at=spec["at"],
-        actor=spec["actor"],
-        actor_id=spec["actor_id"],
-        action=spec["action"],
-        case_id=case.id if case is not None else spec["case_id"],
-        object_type=spec["object_type"] or ("case" if case is not None else ""),
-        object_id=str(object_id or (case.reference if case is not None else "")),
-        before=spec["before"] or {},
-        after=spec["after"] or {},
-        detail=spec["detail"] or {},
-        request_id=spec["request_id"],
-    )
+    return {
+        "at": spec["at"],
+        "actor": spec["actor"],
+        "actor_id": spec["actor_id"],
+        "action": spec["action"],
+        "case_id": case.id if case is not None else spec["case_id"],
+        "object_type": spec["object_type"] or ("case" if case is not None else ""),
+        "object_id": str(object_id or (case.reference if case is not None else "")),
+        "before": spec["before"] or {},
+        "after": spec["after"] or {},
+        "detail": spec["detail"] or {},
+        "request_id": spec["request_id"],
+    }
 
 
 @contextmanager
@@ -100,8 +105,10 @@ def deferred(session: Session) -> Iterator[None]:
         yield
     finally:
         session.info.pop(_DEFERRED, None)
-    session.flush()
-    session.add_all([_event(spec) for spec in pending])
+    if pending:
+        session.flush()
+        # A bulk INSERT of plain rows (no ORM objects): the events are never read back in this transaction.
+        session.execute(insert(AuditEvent), [_values(spec) for spec in pending])
 
 
 def _current_request_id() -> str:

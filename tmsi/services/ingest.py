@@ -7,6 +7,7 @@ commit; deliveries (mailbox, folder, UIDVALIDITY, UID) make a restart after a cr
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import hashlib
 import ipaddress
@@ -1320,9 +1321,17 @@ def _pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
     """One pool per process, started on first use and kept (a forkserver: safe beside threads)."""
     pool = _POOLS.get(workers)
     if pool is None:
+        if not _POOLS:
+            atexit.register(_stop_pools)
         context = multiprocessing.get_context("forkserver")
         pool = _POOLS[workers] = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
     return pool
+
+
+def _stop_pools() -> None:
+    for pool in list(_POOLS.values()):
+        pool.shutdown(wait=True, cancel_futures=True)
+    _POOLS.clear()
 
 
 def _prepare_remote(raws: list[bytes], settings: Settings) -> list[Prepared]:
@@ -1337,14 +1346,14 @@ class Parsing:
     """The parse of one part: in a parser process, or (no workers, or that process failed) here."""
 
     def __init__(
-        self, settings: Settings, raws: list[bytes], future: concurrent.futures.Future[list[Prepared]] | None
+        self, settings: Settings, raws: list[bytes], futures: list[concurrent.futures.Future[list[Prepared]]]
     ) -> None:
-        self.settings, self.raws, self.future = settings, raws, future
+        self.settings, self.raws, self.futures = settings, raws, futures
 
     def result(self) -> list[Prepared]:
-        if self.future is not None:
+        if self.futures:
             try:
-                prepared = self.future.result()
+                prepared = [item for future in self.futures for item in future.result()]
             except Exception:  # a parser process died (a hostile message, memory): parse here instead
                 log.exception("a parser process failed; parsing %d message(s) in the poller", len(self.raws))
                 _POOLS.clear()
@@ -1361,13 +1370,18 @@ class Parser:
 
     def submit(self, settings: Settings, raws: list[bytes]) -> Parsing:
         if self.workers <= 0 or len(raws) < 2:
-            return Parsing(settings, raws, None)
+            return Parsing(settings, raws, [])
         try:
-            return Parsing(settings, raws, _pool(self.workers).submit(_prepare_remote, raws, settings))
+            pool = _pool(self.workers)
+            size = -(-len(raws) // self.workers)  # one share per parser process, in order
+            shares = [raws[first : first + size] for first in range(0, len(raws), size)]
+            return Parsing(
+                settings, raws, [pool.submit(_prepare_remote, share, settings) for share in shares]
+            )
         except Exception:  # a broken pool: start a new one next time
             log.exception("cannot hand mail to a parser process; parsing in the poller")
             _POOLS.clear()
-            return Parsing(settings, raws, None)
+            return Parsing(settings, raws, [])
 
 
 # Committed mail leaves the source folder in MOVEs of about this many messages (or at the end of a
