@@ -112,7 +112,7 @@ def test_moves_are_grouped_but_everything_committed_leaves_the_folder(settings, 
     report = ingest.poll_once(settings, factory, box)
     assert report.processed == 5 and not box.folders["INBOX"].messages
     assert len(box.moves) == 1  # 3 IMAP batches, one MOVE (fewer than MOVE_EVERY messages)
-    assert set(report.seconds) == {"fetch", "parse", "store", "move"}
+    assert set(report.seconds) == {"store", "wait", "parse", "fetch", "move"}
 
 
 def test_parser_processes_give_the_same_outcome_as_parsing_in_the_poller(settings, factory):

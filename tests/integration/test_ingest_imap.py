@@ -167,7 +167,9 @@ def test_crash_between_commit_and_move_then_restart(imap_settings, factory, dove
         first = ingest.poll_once(imap_settings, factory, crashing)
     finally:
         crashing.close()
-    assert first.errors and first.processed == 3  # the first batch (3) committed, then the "crash"
+    # The first batch (3) committed, then the "crash" at its MOVE; the feeder may have fetched the second
+    # batch meanwhile, and the poller may have committed it too: either way nothing has moved.
+    assert first.errors and first.processed in (3, 5)
     assert _folder_counts(dovecot, user)["INBOX"] == 5
 
     box = _mailbox(imap_settings)
@@ -175,7 +177,8 @@ def test_crash_between_commit_and_move_then_restart(imap_settings, factory, dove
         second = ingest.poll_once(imap_settings, factory, box)
     finally:
         box.close()
-    assert (second.moved_only, second.processed, second.duplicates) == (3, 2, 0)
+    assert second.moved_only == first.processed and second.duplicates == 0
+    assert first.processed + second.processed == 5
     assert _folder_counts(dovecot, user) == {"INBOX": 0, "Processed": 5, "Quarantine": 0}
     assert _count(factory, Message, Message.direction == "in") == 5
     assert _count(factory, Case) == 5 and _count(factory, OutboxMessage) == 5

@@ -13,6 +13,8 @@ import hashlib
 import ipaddress
 import logging
 import multiprocessing
+import queue
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -1122,9 +1124,10 @@ class PollReport:
     bytes: int = 0
     errors: list[str] = field(default_factory=list)
     skipped: str = ""
-    # where the pass spent its time (seconds): fetching, waiting for parser processes, storing, moving
+    # where the pass spent its time (seconds): the poller storing, waiting for a fetched part, waiting
+    # for the parser processes; the feeder thread fetching and moving (beside the poller)
     seconds: dict[str, float] = field(
-        default_factory=lambda: dict.fromkeys(("fetch", "parse", "store", "move"), 0.0)
+        default_factory=lambda: dict.fromkeys(("store", "wait", "parse", "fetch", "move"), 0.0)
     )
 
     def as_dict(self) -> dict[str, Any]:
@@ -1243,6 +1246,87 @@ def _fetch_parts(
         yield moves, [], None  # the batch is complete: its mail may move
 
 
+class _Feeder:
+    """The mailbox side of a poll pass, in its own thread (the only user of the connection meanwhile):
+    it fetches the next parts and hands them to the parser while the poller stores the current one, and
+    runs the poller's MOVEs between fetches. Both wait on the IMAP server, not on our CPU."""
+
+    _END = object()
+
+    def __init__(
+        self,
+        parts: Iterator[tuple[dict[str, list[int]], list[tuple[int, bytes]], Parsing | None]],
+        mailbox: Mailbox,
+        source: str,
+        seconds: dict[str, float],
+    ) -> None:
+        self.parts, self.mailbox, self.source, self.seconds = parts, mailbox, source, seconds
+        self.ready: queue.Queue[Any] = queue.Queue(maxsize=2)  # fetched parts: bounds the memory held
+        self.moves: queue.Queue[Any] = queue.Queue()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="tmsi-poll-feeder", daemon=True)
+        self.thread.start()
+
+    def _put(self, item: Any) -> None:
+        while not self.stop.is_set():
+            try:
+                self.ready.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _move(self, block: bool) -> bool:
+        """Run the MOVEs asked for so far; with ``block``, wait for requests until the end marker."""
+        while True:
+            try:
+                request = self.moves.get(block=block, timeout=0.2 if block else None)
+            except queue.Empty:
+                if block and not self.stop.is_set():
+                    continue
+                return False
+            if request is self._END:
+                return True
+            started = time.perf_counter()
+            for destination, uids in request.items():
+                if uids:
+                    self.mailbox.move(self.source, sorted(uids), destination)
+            self.seconds["move"] += time.perf_counter() - started
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._move(block=False)
+                started = time.perf_counter()
+                item = next(self.parts, self._END)
+                self.seconds["fetch"] += time.perf_counter() - started
+                self._put(item)
+                if item is self._END:
+                    break
+            self._move(block=True)
+        except BaseException as exc:  # handed to the poller, which raises it
+            self._put(exc)
+
+    def get(self) -> Any:
+        item = self.ready.get()
+        if isinstance(item, BaseException):
+            raise item
+        return None if item is self._END else item
+
+    def finish(self) -> None:
+        """The poller is done: the last MOVEs run, then the thread ends (also after an error)."""
+        self.moves.put(self._END)
+        self.thread.join()
+        while not self.ready.empty():  # an error raised after the last part
+            item = self.ready.get()
+            if isinstance(item, BaseException):
+                raise item
+
+    def abandon(self) -> None:
+        self.stop.set()
+        self.moves.put(self._END)
+        self.thread.join(timeout=30)
+
+
 def _poll(
     settings: Settings,
     factory: sessionmaker[Session],
@@ -1255,14 +1339,16 @@ def _poll(
     quarantine_folder: str,
     limit: int | None,
 ) -> None:
-    """Fetch, parse, store. With parser processes, the next part is fetched and parsed while this one is
-    stored (a look-ahead of one part); mail moves only after the commit of its whole IMAP batch."""
+    """Fetch, parse, store, move, overlapped: a feeder thread fetches the next part (and the parser
+    processes parse it) while this thread stores the current one; mail moves only after the commit of
+    its whole IMAP batch, in MOVEs of about MOVE_EVERY messages."""
     name = report.mailbox
     parser = Parser(settings.ingest_parse_workers)
-    pipeline = _fetch_parts(
+    seconds = report.seconds
+    parts = _fetch_parts(
         settings, factory, mailbox, report, parser, source, processed_folder, quarantine_folder, limit
     )
-    seconds = report.seconds
+    feeder = _Feeder(parts, mailbox, source, seconds)
     to_move: dict[str, list[int]] = {}
     clock = time.perf_counter()
 
@@ -1272,25 +1358,21 @@ def _poll(
         seconds[phase] += now - clock
         clock = now
 
-    current = next(pipeline, None)
-    lap("fetch")
-    while current is not None:
-        upcoming = next(pipeline, None)
-        lap("fetch")
-        moves, part, pending = current
-        if pending is None:
-            # Only now, after each message's commit: a crash before this line leaves them in the folder,
-            # and the next pass recognises their deliveries and just moves them.
-            for destination, moved in moves.items():
-                to_move.setdefault(destination, []).extend(moved)
-            if sum(map(len, to_move.values())) >= MOVE_EVERY or upcoming is None:
-                for destination, moved in to_move.items():
-                    if moved:
-                        mailbox.move(source, sorted(moved), destination)
-                to_move.clear()
-            acquire_lease(factory, lock, holder, LEASE_SECONDS)
-            lap("move")
-        else:
+    try:
+        while (current := feeder.get()) is not None:
+            lap("wait")
+            moves, part, pending = current
+            if pending is None:
+                # Only now, after each message's commit: a crash before the MOVE leaves them in the
+                # folder, and the next pass recognises their deliveries and just moves them.
+                for destination, moved in moves.items():
+                    to_move.setdefault(destination, []).extend(moved)
+                if sum(map(len, to_move.values())) >= MOVE_EVERY:
+                    feeder.moves.put(to_move)
+                    to_move = {}
+                acquire_lease(factory, lock, holder, LEASE_SECONDS)
+                lap("store")
+                continue
             prepared = pending.result()
             lap("parse")
             items = list(zip([uid for uid, _ in part], prepared, strict=True))
@@ -1305,7 +1387,13 @@ def _poll(
                     ].append(uid)
             del items, part, pending, prepared
             lap("store")
-        current = upcoming
+        if to_move:
+            feeder.moves.put(to_move)
+        feeder.finish()
+        lap("wait")
+    except BaseException:
+        feeder.abandon()
+        raise
     for phase in seconds:
         seconds[phase] = round(seconds[phase], 3)
 
