@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
 from tmsi.adapters.mailbox import Mailbox, MailboxError, batched, mailbox_from_settings
@@ -213,6 +213,21 @@ class Batch:
             for message in session.scalars(select(Message).where(Message.dedupe_key.in_(chunk))):
                 self.by_key.setdefault(message.dedupe_key, message)
 
+    def prefetch_cases(self, session: Session, items: Iterable[Prepared]) -> None:
+        """The cases named by a reference in a subject, with their targets: one query for the batch."""
+        refs = {
+            ref for item in items if item.parsed is not None and (ref := find_thread_ref(item.parsed.subject))
+        }
+        wanted = sorted({ref.upper() for ref in refs})
+        for first in range(0, len(wanted), 500):
+            stmt = (
+                select(Case)
+                .where(Case.reference.in_(wanted[first : first + 500]))
+                .options(selectinload(Case.targets))
+            )
+            for case in session.scalars(stmt):
+                self.cases_by_reference[case.reference] = case
+
     def prefetch_listings(self, session: Session, items: Iterable[Prepared]) -> None:
         networks = [net for item in items if item.targets is not None for net in item.targets.networks]
         self.listings = listings.find_overlapping_rows_many(session, networks)
@@ -364,6 +379,7 @@ def process_batch(
     batch = Batch()
     batch.prefetch(session, (item.key for item, _ in items))
     if not defer:
+        batch.prefetch_cases(session, (item for item, _ in items))
         batch.prefetch_listings(session, (item for item, _ in items))
     results = []
     with (
