@@ -724,6 +724,7 @@ def main() -> None:
         "TMSI_INSTANCE_PATH": str(ROOT / "instance" / "bench-ui"),
     }
     env = dict(os.environ, **app_env)
+    load_at_start = os.getloadavg()[0]  # after the data load: the machine as the measurement finds it
     gunicorn = start_gunicorn(port, env, args.workers, args.threads)
     try:
         try:
@@ -833,7 +834,7 @@ def main() -> None:
         f"Data: {args.cases:,} cases, {args.messages:,} messages, {args.listings:,} listings (PostgreSQL); "
         f"gunicorn {args.workers} workers x {args.threads} threads (gthread) on loopback, 2 CPU cores shared "
         f"with PostgreSQL and the load generator; first closed loop (no think time), then with think time. "
-        f"Load average at the start: {os.getloadavg()[0]:.1f}.",
+        f"Load average at the start: {load_at_start:.1f}, at the end: {os.getloadavg()[0]:.1f}.",
         "",
         "| page | clients | requests | median ms | p95 ms | max ms | req/s |",
         "|---|---|---|---|---|---|---|",
