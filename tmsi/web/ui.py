@@ -35,7 +35,9 @@ from flask import (
     session,
     url_for,
 )
-from markupsafe import Markup
+from flask_wtf.csrf import generate_csrf
+from jinja2.utils import htmlsafe_json_dumps
+from markupsafe import Markup, escape
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy import bindparam, func, literal_column, select
 from sqlalchemy.dialects.postgresql import aggregate_order_by
@@ -119,6 +121,33 @@ def _age(value: datetime | None) -> str:
 @bp.app_template_filter("ts")
 def _ts(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else ""
+
+
+@bp.app_template_filter("json_block")
+def _json_block(value: Any) -> Markup:
+    """``value`` as indented JSON in a ``<pre>``, escaped as the ``tojson`` filter does (a filter, not a
+    macro: a macro call per shown check costs more than the rest of the check's row)."""
+    policies = current_app.jinja_env.policies
+    kwargs = {**policies["json.dumps_kwargs"], "indent": 2}
+    dumped = htmlsafe_json_dumps(value, dumps=policies["json.dumps_function"], **kwargs)
+    return Markup('<pre class="json">') + dumped + Markup("</pre>")
+
+
+def _guard(version: int) -> Callable[[], Markup]:
+    """The hidden fields of every form on the case page: the page's CSRF token (made once), a fresh
+    idempotency token per form, and the case's lock version. Built in Python: a Jinja macro per form
+    cost more than the rest of the form."""
+    csrf = escape(generate_csrf())
+    tail = f'">\n<input type="hidden" name="version" value="{int(version)}">'
+
+    def guard() -> Markup:
+        # The CSRF token is escaped above, the idempotency token is URL-safe base64, the version an int.
+        return Markup(  # noqa: S704
+            f'<input type="hidden" name="csrf_token" value="{csrf}">\n'
+            f'<input type="hidden" name="idem" value="{_form_token()}{tail}'
+        )
+
+    return guard
 
 
 @bp.app_template_filter("combine_page")
@@ -567,6 +596,11 @@ def _case_context(db: Session, case: Any, **extra: Any) -> dict[str, Any]:
     target_views = _targets_view(db, sections)
     context = {
         "case": case,
+        # Every link and form of the page starts here: one url_for instead of one per link.
+        "case_url": url_for("ui.case_page", reference=case.reference),
+        "guard": _guard(case.lock_version),
+        "running": any(item["running"] for item in target_views),
+        "watch": bool(request.args.get("watch")),
         "last_run_id": max((run.id for item in target_views for run in item["runs"]), default=0),
         "messages": messages,
         "attachments": _attachment_names(db, messages),
