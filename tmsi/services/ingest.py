@@ -48,7 +48,7 @@ from tmsi.models import (
     TargetListing,
     TargetStatus,
 )
-from tmsi.services import audit, cases, joblock, listings, replies
+from tmsi.services import audit, cases, joblock, listings, outbox, replies
 
 log = logging.getLogger(__name__)
 
@@ -387,6 +387,7 @@ def process_batch(
         audit.deferred(session),
         replies.batch_cache(session),
         cases.batch_references(session),
+        outbox.deferred_copies(session),
     ):
         if not defer:
             senders = [item.parsed.from_addr for item, _ in items if item.parsed is not None]

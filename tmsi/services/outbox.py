@@ -12,6 +12,8 @@ import hashlib
 import logging
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from email.header import Header
@@ -19,7 +21,7 @@ from email.mime.text import MIMEText
 from email.utils import format_datetime, formataddr, make_msgid
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from tmsi.adapters.mailer import Mailer, MailerError
@@ -111,6 +113,30 @@ def build_message(
     return msg
 
 
+_COPIES = "tmsi.outbox.deferred_copies"
+
+
+@contextmanager
+def deferred_copies(session: Session) -> Iterator[None]:
+    """Within the block, the thread copy of each queued reply (a Message row that nothing reads in the same
+    transaction) is written at the end, as one bulk INSERT of plain rows after a flush: for bulk work."""
+    if session.info.get(_COPIES) is not None:
+        yield
+        return
+    pending: list[tuple[Case | None, dict[str, Any]]] = []
+    session.info[_COPIES] = pending
+    try:
+        yield
+    finally:
+        session.info.pop(_COPIES, None)
+    if pending:
+        session.flush()
+        session.execute(
+            insert(Message),
+            [{**copy, "case_id": case.id if case is not None else None} for case, copy in pending],
+        )
+
+
 def enqueue(
     session: Session,
     *,
@@ -166,35 +192,37 @@ def enqueue(
         created_by=created_by,
     )
     session.add(row)
-    session.add(
-        Message(
-            case=case,
-            direction=Direction.OUT,
-            kind=MessageKind.OUTGOING,
-            status=MessageStatus.PROCESSED,
-            dedupe_key=message_id[:255],
-            message_id_header=message_id,
-            content_hash=hashlib.sha256(raw).hexdigest(),
-            raw=raw,
-            raw_size=len(raw),
-            from_addr=mail_from,
-            from_name=from_name,
-            envelope_from="",  # every column given, as for received mail (see tmsi.services.ingest)
-            delivery_count=1,
-            to_addrs=recipients,
-            subject=subject,
-            date_header=now,
-            in_reply_to=in_reply_to,
-            references=list(references or []),
-            headers=[[k, str(v)] for k, v in msg.items()],
-            body_text=body,
-            body_html="",
-            attachments=[],
-            explain={"template": template_key, "outbox": True},
-            received_at=now,
-            processed_at=now,
-        )
-    )
+    copy: dict[str, Any] = {
+        "direction": Direction.OUT,
+        "kind": MessageKind.OUTGOING,
+        "status": MessageStatus.PROCESSED,
+        "dedupe_key": message_id[:255],
+        "message_id_header": message_id,
+        "content_hash": hashlib.sha256(raw).hexdigest(),
+        "raw": raw,
+        "raw_size": len(raw),
+        "from_addr": mail_from,
+        "from_name": from_name,
+        "envelope_from": "",  # every column given, as for received mail (see tmsi.services.ingest)
+        "delivery_count": 1,
+        "to_addrs": recipients,
+        "subject": subject,
+        "date_header": now,
+        "in_reply_to": in_reply_to,
+        "references": list(references or []),
+        "headers": [[k, str(v)] for k, v in msg.items()],
+        "body_text": body,
+        "body_html": "",
+        "attachments": [],
+        "explain": {"template": template_key, "outbox": True},
+        "received_at": now,
+        "processed_at": now,
+    }
+    pending: list[tuple[Case | None, dict[str, Any]]] | None = session.info.get(_COPIES)
+    if pending is not None:
+        pending.append((case, copy))
+    else:
+        session.add(Message(case=case, **copy))
     if case is not None and case.first_response_at is None:
         case.first_response_at = now
     return row
