@@ -21,6 +21,7 @@ from tests.integration.ui_support import (
 from tmsi.db import unit_of_work
 from tmsi.models import ApiToken, AuditEvent, User
 from tmsi.services import users
+from tmsi.web import auth
 
 pytestmark = pytest.mark.integration
 
@@ -92,6 +93,25 @@ def test_idle_timeout_ends_the_session(client, factory, settings):
     response = client.get("/cases")
     assert response.status_code == 302 and "/login" in response.headers["Location"]
     assert "inactivity" in client.get(response.headers["Location"]).text
+
+
+def test_last_seen_moves_on_at_most_once_a_minute(client, factory):
+    """An unchanged session is not re-signed on every page; once the last-seen time is a minute old it
+    moves on, and the cookie (with its expiry) is sent again."""
+    signed_in(client, factory, "analyst")
+    client.get("/cases")  # the first page stores the CSRF token in the session
+    recent = int(time.time()) - 30
+    with client.session_transaction() as sess:
+        sess["seen"] = recent
+    response = client.get("/cases")
+    assert response.status_code == 200 and "Set-Cookie" not in response.headers
+    with client.session_transaction() as sess:
+        assert sess["seen"] == recent
+        sess["seen"] = int(time.time()) - auth.SEEN_STEP - 1
+    response = client.get("/cases")
+    assert response.status_code == 200 and "session=" in response.headers.get("Set-Cookie", "")
+    with client.session_transaction() as sess:
+        assert sess["seen"] >= int(time.time()) - 2
 
 
 def test_disabled_user_and_changed_password_end_sessions(client, factory):
