@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -126,19 +126,22 @@ def _aware(value: datetime | None) -> datetime | None:
 # store
 
 
-def _record_delivery(session: Session, message: Message, delivery: Delivery | None, now: datetime) -> None:
+def _record_delivery(
+    session: Session, message: Message, delivery: Delivery | None, now: datetime, batch: Batch | None = None
+) -> None:
     if delivery is None:
         return
-    session.add(
-        MessageDelivery(
-            message=message,
-            mailbox=delivery.mailbox[:255],
-            folder=delivery.folder[:255],
-            uidvalidity=delivery.uidvalidity,
-            uid=delivery.uid,
-            seen_at=now,
-        )
-    )
+    values = {
+        "mailbox": delivery.mailbox[:255],
+        "folder": delivery.folder[:255],
+        "uidvalidity": delivery.uidvalidity,
+        "uid": delivery.uid,
+        "seen_at": now,
+    }
+    if batch is not None:
+        batch.deliveries.append((message, values))
+    else:
+        session.add(MessageDelivery(message=message, **values))
 
 
 def _duplicate(
@@ -147,11 +150,20 @@ def _duplicate(
     """The same message again: one more delivery of the stored row, never processed twice."""
     renumbered = seen_before = False
     if delivery is not None:
-        # The relationship, not a query: a message stored earlier in the same batch is not flushed yet.
+        # The stored deliveries and those recorded earlier in the same batch (not written yet).
+        known = (
+            [(d.mailbox, d.folder, d.uidvalidity, d.uid) for d in existing.deliveries] if existing.id else []
+        )
+        if batch is not None:
+            known += [
+                (v["mailbox"], v["folder"], v["uidvalidity"], v["uid"])
+                for m, v in batch.deliveries
+                if m is existing
+            ]
         earlier = [
-            (d.uidvalidity, d.uid)
-            for d in existing.deliveries
-            if d.mailbox == delivery.mailbox[:255] and d.folder == delivery.folder[:255]
+            (validity, uid)
+            for mailbox, folder, validity, uid in known
+            if mailbox == delivery.mailbox[:255] and folder == delivery.folder[:255]
         ]
         validities = {validity for validity, _ in earlier}
         # Seen in this folder under another UIDVALIDITY: the server renumbered the folder, it is the same
@@ -159,7 +171,7 @@ def _duplicate(
         renumbered = bool(validities) and delivery.uidvalidity not in validities
         seen_before = (delivery.uidvalidity, delivery.uid) in set(earlier)
         if not seen_before:
-            _record_delivery(session, existing, delivery, now)
+            _record_delivery(session, existing, delivery, now, batch)
     if not (renumbered or seen_before):
         existing.delivery_count = (existing.delivery_count or 1) + 1
     if batch is None:
@@ -204,6 +216,10 @@ class Batch:
     results: list[tuple[IngestResult, Message]] = field(default_factory=list)
     # The listings overlapping each target of the batch (by CIDR): one query per 16 targets.
     listings: dict[str, list[Any]] = field(default_factory=dict)
+    # Rows nothing reads before the commit, written after the flush as bulk INSERTs of plain rows:
+    # deliveries (message, values) and target-listing links (target, listing id, relation).
+    deliveries: list[tuple[Message, dict[str, Any]]] = field(default_factory=list)
+    links: list[tuple[CaseTarget, int, str]] = field(default_factory=list)
 
     def prefetch(self, session: Session, keys: Iterable[str]) -> None:
         """The stored messages with any of ``keys``: one query for the batch instead of one per message."""
@@ -232,8 +248,17 @@ class Batch:
         networks = [net for item in items if item.targets is not None for net in item.targets.networks]
         self.listings = listings.find_overlapping_rows_many(session, networks)
 
-    def finish(self) -> None:
-        """After the flush: every result gets its message's id."""
+    def finish(self, session: Session) -> None:
+        """After the flush: the deferred rows, and every result gets its message's id."""
+        if self.deliveries:
+            session.execute(
+                insert(MessageDelivery), [{**values, "message_id": m.id} for m, values in self.deliveries]
+            )
+        if self.links:
+            session.execute(
+                insert(TargetListing),
+                [{"target_id": t.id, "listing_id": lid, "relation": rel} for t, lid, rel in self.links],
+            )
         for result, message in self.results:
             result.message_id = message.id
 
@@ -346,7 +371,7 @@ def store_and_process(
         batch.by_key[key] = message
         if message.message_id_header:
             batch.by_header.setdefault(message.message_id_header, message)
-    _record_delivery(session, message, delivery, now)
+    _record_delivery(session, message, delivery, now, batch)
 
     if parsed is None:
         _quarantine(message, f"cannot parse: {item.error}", parse_error=item.error, now=now)
@@ -406,7 +431,7 @@ def process_batch(
                 )
             )
     session.flush()
-    batch.finish()
+    batch.finish(session)
     return results
 
 
@@ -754,6 +779,7 @@ def _handle_human(
         oversized=targets.oversized,
         now=now,
         found=batch.listings if batch is not None else None,
+        links=batch.links if batch is not None else None,
     )
     result.targets = [t.network for t in added]
     all_targets = list(case.targets)
@@ -850,6 +876,7 @@ def add_targets(
     oversized: Iterable[str] = (),
     now: datetime | None = None,
     found: dict[str, list[Any]] | None = None,
+    links: list[tuple[CaseTarget, int, str]] | None = None,
 ) -> list[CaseTarget]:
     """Add the networks the case does not have yet, each linked to the listings it overlaps.
 
@@ -891,7 +918,10 @@ def add_targets(
             inside = listed.network_address <= network.network_address  # type: ignore[operator]
             covers = inside and network.broadcast_address <= listed.broadcast_address  # type: ignore[operator]
             relation = "covers" if covers else "inside"
-            target.listing_links.append(TargetListing(listing_id=listing.id, relation=relation))
+            if links is not None:  # a batch writes the links after its flush
+                links.append((target, listing.id, relation))
+            else:
+                target.listing_links.append(TargetListing(listing_id=listing.id, relation=relation))
         case.targets.append(target)
         added.append(target)
     return added
