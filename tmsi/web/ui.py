@@ -38,11 +38,12 @@ from flask import (
 from flask_wtf.csrf import generate_csrf
 from jinja2.utils import htmlsafe_json_dumps
 from markupsafe import Markup, escape
+from sqlalchemy import BindParameter, bindparam, func, literal_column, select
 from sqlalchemy import Enum as SAEnum
-from sqlalchemy import bindparam, func, literal_column, select
 from sqlalchemy.dialects.postgresql import aggregate_order_by
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, aliased, selectinload
 from sqlalchemy.orm.exc import StaleDataError
+from sqlalchemy.sql.visitors import replacement_traverse
 from werkzeug.utils import secure_filename
 
 from tmsi.app import get_db, get_settings
@@ -336,6 +337,7 @@ _CASE_COLUMNS = (
     Case.waiting_since,
     Case.lock_version,
 )
+_CaseRow = namedtuple("_CaseRow", [c.key for c in _CASE_COLUMNS])  # type: ignore[misc]
 _TARGET_COLUMNS = (
     CaseTarget.id,
     CaseTarget.network,
@@ -502,12 +504,45 @@ _ALL_SECTIONS = select(*(_json_section(stmt, order).label(name) for name, (stmt,
 _READERS = {name: _json_reader(stmt) for name, (stmt, _order) in _SECTIONS.items()}
 
 
+def _by_reference(element: Any) -> Any:
+    """The case's id found from ``:reference`` (an alias of cases, so that nothing correlates with the
+    outer case row), in place of the ``:case_id`` parameter."""
+    if isinstance(element, BindParameter) and element.key == "case_id":
+        return _ID_BY_REFERENCE
+    return None
+
+
+_REFERENCE: Any = bindparam("reference")
+_CASE_ALIAS = aliased(Case, name="ref_case")
+_ID_BY_REFERENCE = select(_CASE_ALIAS.id).where(_CASE_ALIAS.reference == _REFERENCE).scalar_subquery()
+# PostgreSQL: the case row and every section of its page in one statement, found by reference.
+_CASE_AND_SECTIONS = select(
+    *_CASE_COLUMNS,
+    *(
+        replacement_traverse(_json_section(stmt, order), {}, _by_reference).label(name)
+        for name, (stmt, order) in _SECTIONS.items()
+    ),
+).where(Case.reference == _REFERENCE)
+
+
 def _case_sections(db: Session, case_id: int) -> dict[str, list[Any]]:
     params = {"case_id": case_id}
     if db.get_bind().dialect.name == "postgresql":
         row = db.execute(_ALL_SECTIONS, params).one()
         return {name: _READERS[name](row._mapping[name]) for name in _SECTIONS}
     return {name: list(db.execute(stmt, params).all()) for name, (stmt, _order) in _SECTIONS.items()}
+
+
+def _case_and_sections(db: Session, reference: str) -> tuple[Any, dict[str, list[Any]]]:
+    """The case row (``_CASE_COLUMNS``) and its page's sections: one round trip on PostgreSQL."""
+    if db.get_bind().dialect.name != "postgresql":
+        case = _case_row(db, reference)
+        return case, _case_sections(db, case.id)
+    row = db.execute(_CASE_AND_SECTIONS, {"reference": reference.upper()}).first()
+    if row is None:
+        abort(404, description=f"There is no case {reference}.")
+    mapping = row._mapping
+    return _CaseRow(*row[: len(_CASE_COLUMNS)]), {name: _READERS[name](mapping[name]) for name in _SECTIONS}
 
 
 def _targets_view(db: Session, sections: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -517,8 +552,11 @@ def _targets_view(db: Session, sections: dict[str, list[Any]]) -> list[dict[str,
         runs.setdefault(run.target_id, []).append(run)
     for check in sections["checks"]:
         checks.setdefault(check.target_id, []).append(check)
+    targets = sections["targets"]
+    networks = [ipaddress.ip_network(target.network) for target in targets]
+    listings = {str(net): find_overlapping_rows(db, net) for net in networks}
     out = []
-    for target in sections["targets"]:
+    for target, network in zip(targets, networks, strict=True):
         latest: dict[str, Any] = {}
         for check in checks.get(target.id, []):
             latest.setdefault(check.address, check)
@@ -526,7 +564,7 @@ def _targets_view(db: Session, sections: dict[str, list[Any]]) -> list[dict[str,
         out.append(
             {
                 "target": target,
-                "listings": find_overlapping_rows(db, ipaddress.ip_network(target.network)),
+                "listings": listings.get(str(network), []),
                 "runs": target_runs,
                 "latest": list(latest.values()),
                 "history": checks.get(target.id, []),
@@ -578,9 +616,13 @@ def _case_row(db: Session, reference: str) -> Any:
     return row
 
 
-def _case_context(db: Session, case: Any, **extra: Any) -> dict[str, Any]:
-    """Everything the case page shows; ``case`` is the ORM case or a row of ``_CASE_COLUMNS``."""
-    sections = _case_sections(db, case.id)
+def _case_context(
+    db: Session, case: Any, sections: dict[str, list[Any]] | None = None, **extra: Any
+) -> dict[str, Any]:
+    """Everything the case page shows; ``case`` is the ORM case or a row of ``_CASE_COLUMNS`` (and
+    ``sections`` its sections when already read)."""
+    if sections is None:
+        sections = _case_sections(db, case.id)
     messages = sections["messages"]
     assignees = sections["assignees"]
     assignee = next((u for u in assignees if u.id == case.assignee_id), None)
@@ -648,7 +690,8 @@ def case_page(reference: str) -> Any:
             db.commit()
             return render_template("ui/case.html", **_case_context(db, case, compose=compose))
     db = request_db()
-    return render_template("ui/case.html", **_case_context(db, _case_row(db, reference)))
+    case, sections = _case_and_sections(db, reference)
+    return render_template("ui/case.html", **_case_context(db, case, sections))
 
 
 @bp.get("/cases/<reference>/progress.json")
