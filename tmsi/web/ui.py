@@ -504,7 +504,7 @@ _ALL_SECTIONS = select(*(_json_section(stmt, order).label(name) for name, (stmt,
 _READERS = {name: _json_reader(stmt) for name, (stmt, _order) in _SECTIONS.items()}
 
 
-def _by_reference(element: Any) -> Any:
+def _by_reference(element: Any, **_kw: Any) -> Any:
     """The case's id found from ``:reference`` (an alias of cases, so that nothing correlates with the
     outer case row), in place of the ``:case_id`` parameter."""
     if isinstance(element, BindParameter) and element.key == "case_id":
