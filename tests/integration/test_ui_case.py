@@ -4,6 +4,7 @@ optimistic lock and idempotency, replies through the outbox, delisting with a li
 from __future__ import annotations
 
 import email.policy
+import re
 from email.message import EmailMessage
 
 import pytest
@@ -480,3 +481,37 @@ def test_case_page_keeps_each_targets_checks_and_runs_apart_and_bounded(client, 
     assert "a note by nobody in particular" in html and "system ·" in html
     merged_page = client.get(f"/cases/{other}").text
     assert f">{ref}</a></dd>" in merged_page  # "Merged into" links to the surviving case
+
+
+def test_each_target_lists_exactly_its_overlapping_active_listings(client, factory):
+    """All targets' listings are read at once (one statement on PostgreSQL): each target still shows only
+    the active listings covering or inside it, in address order, and nothing of the other targets."""
+    ref = make_case(
+        factory,
+        targets=("198.51.100.0/28", "198.51.100.64/30", "2001:db8:7::/48", "192.0.2.9/32"),
+        listings=(
+            "198.51.100.0/24",  # covers the first two targets
+            "198.51.100.8/29",  # inside the first
+            "198.51.100.4/30",  # inside the first, withdrawn below
+            "198.51.100.68/30",  # next to the second: no overlap
+            "2001:db8::/32",  # covers the IPv6 target
+            "2001:db8:7:1::/64",  # inside it
+        ),
+    )
+    with unit_of_work(factory) as db:
+        withdrawn = db.scalars(select(Listing).where(Listing.network == "198.51.100.4/30")).one()
+        withdrawn.active = False
+    signed_in(client, factory, "analyst")
+    html = client.get(f"/cases/{ref}").text
+    shown = {
+        network: re.findall(r"<li>(\S+) — ", cell)
+        for network, cell in re.findall(
+            r'<td class="network">(\S+?)(?:<| ).*?<td class="coverage">(.*?)</td>', html, re.S
+        )
+    }
+    assert shown == {
+        "198.51.100.0/28": ["198.51.100.0/24", "198.51.100.8/29"],
+        "198.51.100.64/30": ["198.51.100.0/24"],
+        "2001:db8:7::/48": ["2001:db8::/32", "2001:db8:7:1::/64"],
+        "192.0.2.9/32": [],
+    }
