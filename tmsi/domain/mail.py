@@ -425,19 +425,21 @@ META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9_.:-]+)""
 
 
 class _CachingPolicy(policy.EmailPolicy):
-    """``policy.default`` that builds each distinct header object once: the parser and our walk ask for
-    a part's Content-Type several times, and ``policy.default`` parses the raw value again every time
-    (the costliest step of parsing a message). Header objects are immutable, so sharing them is safe."""
+    """``policy.default`` that builds each distinct MIME header object once: the parser and our walk ask
+    for a part's Content-Type several times, and ``policy.default`` parses the raw value again every time
+    (the costliest step of parsing a message). The few distinct short Content-* values repeat across
+    messages; other headers are asked once per message and not kept. Header objects are immutable, so
+    sharing them is safe."""
 
     def header_fetch_parse(self, name: str, value: Any) -> Any:
         if hasattr(value, "name"):
             return value
-        if len(value) > 512:  # long values are rarely asked twice; keep the cache small
+        if len(value) > 256 or not name.lower().startswith("content-"):
             return super().header_fetch_parse(name, value)
         return _header_object(self, name, value)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=512)
 def _header_object(parse_policy: _CachingPolicy, name: str, value: str) -> Any:
     return policy.EmailPolicy.header_fetch_parse(parse_policy, name, value)
 
