@@ -81,3 +81,28 @@ def test_dashboard_page_is_for_leads_and_draws_svg(client: Any, factory: Any) ->
     assert "Inflow" in html and "Verification pass rate" in html and "67 %" in html
     assert 'href="/dashboard"' in lead.get("/cases").get_data(as_text=True)  # in the leads' navigation
     assert lead.get("/dashboard?days=1000").status_code == 200  # unknown windows fall back to 30 days
+
+
+def test_dashboard_figures_are_recomputed_at_most_every_cache_period(
+    client: Any, factory: Any, monkeypatch
+) -> None:
+    from tmsi.web import dashboard
+
+    _seed(factory)
+    calls = []
+    real = dashboard.build_dashboard
+
+    def counting(session: Any, *, days: int) -> Any:
+        calls.append(days)
+        return real(session, days=days)
+
+    monkeypatch.setattr(dashboard, "build_dashboard", counting)
+    signed_in(client, factory, "lead")
+    for _ in range(3):
+        assert client.get("/dashboard?days=7").status_code == 200
+    assert calls == [7]
+    assert "Figures as of" in client.get("/dashboard?days=30").get_data(as_text=True)
+    assert calls == [7, 30]  # each window has its own figures
+    monkeypatch.setattr(dashboard, "CACHE_SECONDS", 0.0)
+    client.get("/dashboard?days=7")
+    assert calls == [7, 30, 7]

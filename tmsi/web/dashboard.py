@@ -3,12 +3,14 @@ verification pass rate per day, drawn as server-rendered SVG (no script, so the 
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
-from flask import Blueprint, render_template, request
+from flask import Blueprint, current_app, render_template, request
 from markupsafe import Markup, escape
 
 from tmsi.app import get_db
@@ -122,8 +124,7 @@ def dashboard() -> Any:
     except ValueError:
         days = 30
     days = days if days in WINDOWS else 30
-    with get_db().factory() as session:
-        data = build_dashboard(session, days=days)
+    data, as_of = _cached_dashboard(days)
     dates = [d.day for d in data.days]
 
     def chart(title: str, values: list[float | None], unit: str, kind: str = "line") -> Chart:
@@ -150,4 +151,31 @@ def dashboard() -> Any:
         "Median time to decision": _fmt(data.median_decision_hours, "h"),
         "Pass rate": _fmt(data.pass_rate, "%"),
     }
-    return render_template("dashboard.html", charts=charts, summary=summary, days=days, windows=WINDOWS)
+    return render_template(
+        "dashboard.html",
+        charts=charts,
+        summary=summary,
+        days=days,
+        windows=WINDOWS,
+        as_of=as_of,
+        cache_seconds=CACHE_SECONDS,
+    )
+
+
+# The figures are per day: each web process computes them at most once per CACHE_SECONDS per window
+# (the aggregation reads every case of the window; under load it was the slowest page by far).
+CACHE_SECONDS = 30.0
+_LOCK = threading.Lock()
+
+
+def _cached_dashboard(days: int) -> tuple[Any, datetime]:
+    cache: dict[int, tuple[float, Any, datetime]] = current_app.extensions.setdefault("tmsi.dashboard", {})
+    now = time.monotonic()
+    with _LOCK:
+        hit = cache.get(days)
+        if hit is not None and now - hit[0] < CACHE_SECONDS:
+            return hit[1], hit[2]
+        with get_db().factory() as session:
+            data = build_dashboard(session, days=days)
+        cache[days] = (now, data, datetime.now(UTC))
+        return data, cache[days][2]
