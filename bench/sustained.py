@@ -476,6 +476,15 @@ def run(args: argparse.Namespace) -> list[tuple[str, str, str]]:
             "flat",
         ),
         (
+            "workers RSS (both) at each minute",
+            " ".join(
+                f"{min(samples, key=lambda x, m=m: abs(x.at - 60 * m)).workers_mb:.0f}"
+                for m in range(1, int(samples[-1].at // 60) + 1)
+            )
+            + " MB",
+            "levels off",
+        ),
+        (
             "load average (1 min): before the load / at end",
             f"{load_at_start:.2f} / {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs",
             "",
