@@ -25,27 +25,21 @@ from tmsi.models import Coverage, Listing, ListingEvent, ListingEventKind
 IMPORT_CHUNK = 20_000
 
 
-def _overlap_statement(columns: Sequence[Any], active_only: bool, arrays: bool = False) -> Any:
+def _overlap_statement(columns: Sequence[Any], active_only: bool) -> Any:
     """The union of the two index-friendly SELECTs that find every listing overlapping a network:
 
     1. listings starting inside it (a range scan on ``(version, start_key)``);
     2. listings starting at one of its supernet boundaries and reaching its end (at most 33/129 exact
        key probes; CIDRs either nest or are disjoint, so nothing else can overlap).
     Kept as two statements: an OR of both defeats the index on SQLite. Built once per shape, so the hot
-    path only binds values. With ``arrays`` (PostgreSQL) the supernet keys are one array parameter, so
-    the SQL text never changes and the server keeps the statement prepared instead of planning it anew;
-    measured, that pays for the union of many look-ups, not for one (adapting the array costs more than
-    planning two small selects), so single look-ups keep the expanding IN.
+    path only binds values. (Measured: an array parameter instead of the expanding IN, which pays for
+    the union of many look-ups below, costs more than it saves for one.)
     """
     version: Any = bindparam("version")
     start: Any = bindparam("start")
     end: Any = bindparam("end")
     inside = select(*columns).where(Listing.version == version, Listing.start_key.between(start, end))
-    if arrays:
-        keys: Any = any_(bindparam("keys", type_=postgresql.ARRAY(LargeBinary)))
-        probe = Listing.start_key == keys
-    else:
-        probe = Listing.start_key.in_(bindparam("keys", expanding=True))
+    probe = Listing.start_key.in_(bindparam("keys", expanding=True))
     covering = select(*columns).where(Listing.version == version, probe, Listing.end_key >= end)
     if active_only:
         inside = inside.where(Listing.active.is_(True))
@@ -67,15 +61,9 @@ ROW_COLUMNS = (
     Listing.removed_at,
 )
 _OVERLAP = {
-    (flag, arrays): select(Listing).from_statement(_overlap_statement([Listing], flag, arrays))
-    for flag in (True, False)
-    for arrays in (True, False)
+    flag: select(Listing).from_statement(_overlap_statement([Listing], flag)) for flag in (True, False)
 }
-_OVERLAP_ROWS = {
-    (flag, arrays): _overlap_statement(ROW_COLUMNS, flag, arrays)
-    for flag in (True, False)
-    for arrays in (True, False)
-}
+_OVERLAP_ROWS = {flag: _overlap_statement(ROW_COLUMNS, flag) for flag in (True, False)}
 
 
 def _arrays(session: Session) -> bool:
@@ -94,14 +82,14 @@ def _overlap_params(network: IPNetwork) -> dict[str, Any]:
 
 def find_overlapping(session: Session, network: IPNetwork, *, active_only: bool = True) -> list[Listing]:
     """Every listing that covers or overlaps ``network``, as ORM objects (to change them)."""
-    stmt = _OVERLAP[active_only, False]
+    stmt = _OVERLAP[active_only]
     found = {item.id: item for item in session.scalars(stmt, _overlap_params(network))}
     return sorted(found.values(), key=lambda item: (item.start_key, item.prefixlen))
 
 
 def find_overlapping_rows(session: Session, network: IPNetwork, *, active_only: bool = True) -> list[Any]:
     """As :func:`find_overlapping`, but read-only rows (``ROW_COLUMNS``): the fast path for look-ups."""
-    stmt = _OVERLAP_ROWS[active_only, False]
+    stmt = _OVERLAP_ROWS[active_only]
     found = {row.id: row for row in session.execute(stmt, _overlap_params(network))}
     return sorted(found.values(), key=lambda row: (row.start_key, row.prefixlen))
 
