@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
+from typing import Any
 
 PG_BASE = os.environ.get("TMSI_BENCH_PG_BASE", "postgresql+psycopg://postgres@127.0.0.1:5432")
 YEAR = time.gmtime().tm_year
@@ -151,23 +152,29 @@ def fill_maildir(maildir: Path, count: int, tag: str, seed: int = 11) -> int:
 
 
 # --- one run, in a child process ---------------------------------------------------------------
-def child(args: argparse.Namespace) -> None:
-    from tmsi.adapters.mailbox import ImapMailbox
+def bench_settings(url: str, **extra: Any) -> Any:
+    """The settings of the poller and the workers: our mailbox, zone and MTA on documentation names."""
     from tmsi.config import Settings
-    from tmsi.db import make_engine, make_sessionmaker
-    from tmsi.services.ingest import poll_once
 
-    settings = Settings(
-        database_url=args.url,
+    return Settings(
+        database_url=url,
         mailbox_address="dul@example.test",
         mail_domain="example.test",
         dnsbl_zone="dul.example.test",
         own_networks=["192.0.2.0/28"],
         authserv_ids=["mx.example.test"],
-        imap_batch_size=200,
-        ingest_defer=args.defer > 0,
-        ingest_parse_workers=args.parse_workers,
         _env_file=None,
+        **extra,
+    )
+
+
+def child(args: argparse.Namespace) -> None:
+    from tmsi.adapters.mailbox import ImapMailbox
+    from tmsi.db import make_engine, make_sessionmaker
+    from tmsi.services.ingest import poll_once
+
+    settings = bench_settings(
+        args.url, imap_batch_size=200, ingest_defer=args.defer > 0, ingest_parse_workers=args.parse_workers
     )
     factory = make_sessionmaker(make_engine(args.url))
     box = ImapMailbox(host="127.0.0.1", port=args.port, user=args.user, password="pw", tls="none")
@@ -240,19 +247,10 @@ def child(args: argparse.Namespace) -> None:
 
 def work(args: argparse.Namespace) -> None:
     """One worker process: process stored messages until none is left."""
-    from tmsi.config import Settings
     from tmsi.db import make_engine, make_sessionmaker
     from tmsi.services.ingest import process_stored_batch
 
-    settings = Settings(
-        database_url=args.url,
-        mailbox_address="dul@example.test",
-        mail_domain="example.test",
-        dnsbl_zone="dul.example.test",
-        own_networks=["192.0.2.0/28"],
-        authserv_ids=["mx.example.test"],
-        _env_file=None,
-    )
+    settings = bench_settings(args.url)
     report = process_stored_batch(settings, make_sessionmaker(make_engine(args.url)), limit=10**9)
     print(json.dumps(report.as_dict()))
 
