@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from tmsi.config import Settings, load_settings
-from tmsi.db import make_engine, make_sessionmaker
+from tmsi.db import make_engine, make_read_sessionmaker, make_sessionmaker
 
 
 class Database:
@@ -18,6 +18,7 @@ class Database:
     def __init__(self, settings: Settings) -> None:
         self.engine: Engine = make_engine(settings.database_url)
         self.factory: sessionmaker[Session] = make_sessionmaker(self.engine)
+        self.reads: sessionmaker[Session] = make_read_sessionmaker(self.engine)
 
 
 def build_app(settings: Settings | dict[str, Any] | None = None) -> Flask:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -11,6 +12,7 @@ from typing import Annotated, Any
 
 from sqlalchemy import JSON, BigInteger, DateTime, Engine, LargeBinary, MetaData, String, create_engine, event
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -103,7 +105,7 @@ def make_engine(url: str, **kw: Any) -> Engine:
             cur.close()
 
         return engine
-    kw.setdefault("pool_pre_ping", True)
+    ping = kw.pop("pool_pre_ping", None)
     if url.startswith("postgresql+psycopg"):
         # PostgreSQL's own $1 placeholders through psycopg's RawCursor: psycopg otherwise rewrites every
         # %(name)s of a statement in Python, uncached for statements over 50 parameters, which is every
@@ -114,7 +116,37 @@ def make_engine(url: str, **kw: Any) -> Engine:
         connect_args = dict(kw.pop("connect_args", {}))
         connect_args.setdefault("cursor_factory", psycopg.RawCursor)
         kw["connect_args"] = connect_args
-    return create_engine(url, **kw)
+    engine = create_engine(url, pool_pre_ping=bool(ping), **kw)
+    if ping is None:
+        _ping_after_idle(engine)
+    return engine
+
+
+# A pooled connection that was idle longer than this is pinged before use (a server restart or a
+# firewall's idle timeout is found then, and the pool reconnects); one that was just returned is not:
+# under load that saves a round trip per request.
+PING_AFTER_IDLE_SECONDS = 5.0
+
+
+def _ping_after_idle(engine: Engine) -> None:
+    """SQLAlchemy's pessimistic disconnect handling ("pool_pre_ping"), only for connections idle longer
+    than :data:`PING_AFTER_IDLE_SECONDS` (the custom-ping recipe of its "Dealing with Disconnects")."""
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_conn: Any, record: Any) -> None:
+        record.info["tmsi_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("tmsi_idle_since")
+        if since is not None and time.monotonic() - since < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            if engine.dialect.is_disconnect(exc, dbapi_conn, None):
+                raise DisconnectionError(str(exc)) from exc  # the pool opens a new connection and retries
+            raise
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
@@ -126,3 +158,15 @@ def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One transaction: commit on success, rollback on any error. Services inside never commit."""
     with factory() as session, session.begin():
         yield session
+
+
+def make_read_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for pages that only read, on the same pool: autocommit, so no BEGIN and no COMMIT or
+    ROLLBACK round trips, and every statement sees the latest committed data.
+
+    It also keeps the statements prepared: psycopg forgets a connection's prepared statements on every
+    ROLLBACK, which is how a plain session that only read ends, so such pages re-planned their
+    statements on every request (planning the case page's statement costs more than running it).
+    Never write through these sessions: each statement would commit on its own.
+    """
+    return sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)

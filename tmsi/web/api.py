@@ -32,6 +32,6 @@ def listings() -> Any:
         network = parse_network(query)
     except NetworkError as exc:
         return json_error(400, "invalid_ip", str(exc))
-    with get_db().factory() as session:
+    with get_db().reads() as session:
         session.execute(text("SELECT 1"))
         return jsonify(lookup(session, network))

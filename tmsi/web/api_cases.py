@@ -156,7 +156,7 @@ def list_cases() -> Any:
         flt = queue_svc.parse_filter(request.args)
     except queue_svc.FilterError as exc:
         return _error(400, "invalid_filter", str(exc))
-    with get_db().factory() as db:
+    with get_db().reads() as db:
         page = queue_svc.search(
             db, flt, user_id=user.id if user else None, counts_ttl=0.0 if current_app.testing else 5.0
         )
@@ -177,7 +177,7 @@ def list_cases() -> Any:
 @bp.get("/cases/<reference>")
 @role_required(ALL_ROLES)
 def get_case(reference: str) -> Any:
-    with get_db().factory() as db:
+    with get_db().reads() as db:
         case = cases.get_by_reference(db, reference)
         if case is None:
             return _error(404, "not_found", f"there is no case {reference}")
@@ -225,7 +225,7 @@ def case_action(reference: str, action: str) -> Any:
     except decide.DecisionError as exc:
         return _error(400, "not_done", str(exc))
     how = actions.after_commit(outcome, settings, factory, user.actor)
-    with get_db().factory() as db:
+    with get_db().reads() as db:
         case = cases.get_by_reference(db, outcome.reference)
         assert case is not None
         return jsonify(

@@ -114,12 +114,13 @@ def _password_tag(user: Any) -> str:
 def request_db() -> Session:
     """The request's read session, opened on first use and closed when the request ends.
 
-    Signing the user in and a read-only page share it: one pooled connection (one liveness ping, one
-    transaction) per request instead of one per step. Writes still use their own ``unit_of_work``.
+    Signing the user in and a read-only page share it: one pooled connection (one liveness ping) per
+    request instead of one per step, in autocommit (``Database.reads``). Writes use their own
+    ``unit_of_work``.
     """
     db: Session | None = g.get("_tmsi_read_db")
     if db is None:
-        db = g._tmsi_read_db = get_db().factory()
+        db = g._tmsi_read_db = get_db().reads()
     return db
 
 

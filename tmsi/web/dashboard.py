@@ -175,7 +175,7 @@ def _cached_dashboard(days: int) -> tuple[Any, datetime]:
         hit = cache.get(days)
         if hit is not None and now - hit[0] < CACHE_SECONDS:
             return hit[1], hit[2]
-        with get_db().factory() as session:
+        with get_db().reads() as session:
             data = build_dashboard(session, days=days)
         cache[days] = (now, data, datetime.now(UTC))
         return data, cache[days][2]

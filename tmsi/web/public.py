@@ -151,7 +151,7 @@ def lookup_page() -> Any:
     if query.strip():
         address, error = _parse_ip(query)
         if address is not None:
-            with get_db().factory() as session:
+            with get_db().reads() as session:
                 status = listing_status(session, settings, address)
     code = 400 if error and query.strip() else 200
     return render_template(
@@ -168,7 +168,7 @@ def check_now() -> Any:
     address, error = _parse_ip(query)
     status = check = None
     if address is not None:
-        with get_db().factory() as session:
+        with get_db().reads() as session:
             status = listing_status(session, settings, address)
         check = live_check(settings, address)
     return render_template(
@@ -183,5 +183,5 @@ def lookup_api() -> Any:
     if address is None:
         return jsonify(error="invalid_ip", message=error), 400
     settings = get_settings()
-    with get_db().factory() as session:
+    with get_db().reads() as session:
         return jsonify(listing_status(session, settings, address))

@@ -697,7 +697,7 @@ def case_page(reference: str) -> Any:
 @bp.get("/cases/<reference>/progress.json")
 @role_required(ALL_ROLES)
 def case_progress(reference: str) -> Any:
-    with get_db().factory() as db:
+    with get_db().reads() as db:
         case = _case_or_404(db, reference)
         target_ids = [t.id for t in case.targets]
         items = []
@@ -829,7 +829,7 @@ def _message_or_404(db: Session, case: Case, message_id: int) -> Message:
 @bp.get("/cases/<reference>/messages/<int:message_id>/raw")
 @role_required(ALL_ROLES)
 def message_raw(reference: str, message_id: int) -> Any:
-    with get_db().factory() as db:
+    with get_db().reads() as db:
         message = _message_or_404(db, _case_or_404(db, reference), message_id)
         if not message.raw:
             abort(404, description="The raw message was purged.")
@@ -845,7 +845,7 @@ def message_raw(reference: str, message_id: int) -> Any:
 @bp.get("/cases/<reference>/messages/<int:message_id>/attachments/<int:index>")
 @role_required(ALL_ROLES)
 def message_attachment(reference: str, message_id: int, index: int) -> Any:
-    with get_db().factory() as db:
+    with get_db().reads() as db:
         message = _message_or_404(db, _case_or_404(db, reference), message_id)
         if not message.raw:
             abort(404, description="The raw message was purged.")
@@ -865,7 +865,7 @@ def message_attachment(reference: str, message_id: int, index: int) -> Any:
 @bp.get("/cases/<reference>/messages/<int:message_id>/html")
 @role_required(ALL_ROLES)
 def message_html(reference: str, message_id: int) -> Any:
-    with get_db().factory() as db:
+    with get_db().reads() as db:
         message = _message_or_404(db, _case_or_404(db, reference), message_id)
         html = message.body_html or ""
     clean = nh3.clean(html, url_schemes={"mailto"}, link_rel="noopener noreferrer nofollow")
@@ -1021,7 +1021,7 @@ def template_preview() -> Any:
 @bp.get("/users")
 @role_required(USER_READ_ROLES)
 def users_page() -> Any:
-    with get_db().factory() as db:
+    with get_db().reads() as db:
         rows = db.scalars(select(User).options(selectinload(User.tokens)).order_by(User.email)).all()
         return render_template("ui/users.html", users=rows, roles=list(Role), new_token=None)
 
@@ -1115,7 +1115,7 @@ def audit_page() -> Any:
         page = max(1, int(args.get("page") or 1))
     except ValueError:
         page = 1
-    with get_db().factory() as db:
+    with get_db().reads() as db:
         rows = db.execute(
             stmt.order_by(AuditEvent.id.desc()).limit(AUDIT_PAGE + 1).offset((page - 1) * AUDIT_PAGE)
         ).all()

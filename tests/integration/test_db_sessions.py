@@ -1,0 +1,107 @@
+"""Engine and session setup: read sessions in autocommit keep psycopg's prepared statements, and pooled
+connections are pinged only after being idle, with a dropped connection replaced transparently."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from tmsi import db as tmsi_db
+from tmsi.db import make_engine, make_read_sessionmaker, make_sessionmaker
+from tmsi.models import Role, User
+
+
+@pytest.fixture
+def small_engine(factory: sessionmaker[Session]) -> Iterator[Engine]:
+    """A fresh engine on the test database with a pool of one connection (so "the same connection"
+    is certain)."""
+    url = factory.kw["bind"].url
+    engine = make_engine(url.render_as_string(hide_password=False), pool_size=1, max_overflow=0)
+    yield engine
+    engine.dispose()
+
+
+def _postgresql_only(engine: Engine) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("prepared statements and backend termination are PostgreSQL matters")
+
+
+def _prepared(db: Session) -> int:
+    return int(db.scalar(text("SELECT count(*) FROM pg_prepared_statements")) or 0)
+
+
+def test_read_sessions_keep_prepared_statements(small_engine: Engine) -> None:
+    _postgresql_only(small_engine)
+    reads = make_read_sessionmaker(small_engine)
+    statement = select(func.count(User.id)).where(User.role == Role.LEAD)
+    seen = []
+    for _ in range(8):  # past psycopg's prepare threshold (5 executions of one statement)
+        with reads() as db:
+            seen.append(_prepared(db))
+            db.scalar(statement)
+    assert seen[:5] == [0, 0, 0, 0, 0]
+    assert seen[-1] >= 1, "prepared on the fifth use and kept by the following sessions"
+    # A plain session that only reads ends with ROLLBACK, and psycopg then drops them: why reads
+    # go through the autocommit factory.
+    plain = make_sessionmaker(small_engine)
+    with plain() as db:
+        db.scalar(statement)
+    with reads() as db:
+        assert _prepared(db) == 0
+
+
+def test_read_sessions_run_outside_a_transaction(factory: sessionmaker[Session]) -> None:
+    reads = make_read_sessionmaker(factory.kw["bind"])
+    with factory.begin() as db:
+        db.add(User(email="before@example.test", name="Before", role=Role.ANALYST, password_hash="x"))
+    with reads() as db:
+        assert db.scalar(select(func.count(User.id)).where(User.email == "before@example.test")) == 1
+        # Each statement sees what was committed meanwhile (no snapshot held across statements).
+        with factory.begin() as other:
+            other.add(User(email="during@example.test", name="During", role=Role.ANALYST, password_hash="x"))
+        assert db.scalar(select(func.count(User.id)).where(User.email == "during@example.test")) == 1
+
+
+def _count_pings(monkeypatch: pytest.MonkeyPatch, engine: Engine) -> list[Any]:
+    calls: list[Any] = []
+    original = engine.dialect.do_ping
+
+    def counting(dbapi_conn: Any) -> bool:
+        calls.append(dbapi_conn)
+        return original(dbapi_conn)
+
+    monkeypatch.setattr(engine.dialect, "do_ping", counting)
+    return calls
+
+
+def test_connection_pinged_only_after_idle(small_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    _postgresql_only(small_engine)
+    pings = _count_pings(monkeypatch, small_engine)
+    with small_engine.connect() as conn:  # a new connection: pinged
+        conn.execute(text("SELECT 1"))
+    assert len(pings) == 1
+    for _ in range(3):  # just returned: not pinged again
+        with small_engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    assert len(pings) == 1
+    monkeypatch.setattr(tmsi_db, "PING_AFTER_IDLE_SECONDS", 0.0)
+    with small_engine.connect() as conn:  # idle "long enough": pinged
+        conn.execute(text("SELECT 1"))
+    assert len(pings) == 2
+
+
+def test_dropped_idle_connection_is_replaced(small_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    _postgresql_only(small_engine)
+    with small_engine.connect() as conn:
+        pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+    # The server drops the idle connection (a restart, an idle timeout, an administrator).
+    with make_engine(small_engine.url.render_as_string(hide_password=False)).connect() as admin:
+        assert admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar() is True
+    monkeypatch.setattr(tmsi_db, "PING_AFTER_IDLE_SECONDS", 0.0)
+    with small_engine.connect() as conn:
+        new_pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+    assert new_pid != pid
