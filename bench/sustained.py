@@ -19,6 +19,7 @@ import http.client
 import os
 import random
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -220,6 +221,8 @@ class Sample:
     sent: int
     web_mb: float
     workers_mb: float
+    queued: int = 0  # Huey tasks waiting in Redis (ready now)
+    scheduled: int = 0  # Huey tasks scheduled for later (the ticks' spread of sub-minute jobs)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -238,7 +241,7 @@ def slope_per_minute(points: list[tuple[float, float]]) -> float:
     return 60 * sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den
 
 
-def run(args: argparse.Namespace) -> list[tuple[str, str, str]]:
+def run(args: argparse.Namespace) -> tuple[list[tuple[str, str, str]], str]:
     import redis
 
     from tests.services.dovecot import dovecot_server
@@ -249,7 +252,8 @@ def run(args: argparse.Namespace) -> list[tuple[str, str, str]]:
 
     zones = sorted((ROOT / "tmsi" / "data" / "demo" / "zones").glob("*.zone"))
     rows: list[tuple[str, str, str]] = []
-    redis.Redis.from_url(REDIS_URL).flushdb()
+    queue = redis.Redis.from_url(REDIS_URL)
+    queue.flushdb()
     with dovecot_server() as dovecot, knot_server() as knot, database() as db_url, Sink() as sink:
         mail_user = f"load{uuid.uuid4().hex[:6]}"
         dovecot.add_user(mail_user, PASSWORD)
@@ -282,7 +286,7 @@ def run(args: argparse.Namespace) -> list[tuple[str, str, str]]:
             "TMSI_RESOLVER_ZONE_FILES": ",".join(map(str, zones)),
             "TMSI_RESOLVERS": knot.nameserver,
             "TMSI_JOB_INTERVALS": "poll_mailbox=2s,send_outbox=2s,reverify_due=5s,evaluate_authority=5s",
-            "TMSI_LOG_LEVEL": "WARNING",
+            "TMSI_LOG_LEVEL": args.log_level,
         }
         logs = Path(dovecot.directory) / "logs"
         logs.mkdir()
@@ -364,6 +368,8 @@ def run(args: argparse.Namespace) -> list[tuple[str, str, str]]:
                         session.scalars(select(Case.reference).order_by(Case.id.desc()).limit(200))
                     )
                 workers_mb = sum(tree_rss_mb(p.pid) for n, p in procs.items() if n.startswith("worker"))
+                queued = int(queue.llen("huey.redis.tmsi"))
+                scheduled = int(queue.zcard("huey.schedule.tmsi"))
                 return Sample(
                     time.monotonic() - t0,
                     inbox,
@@ -372,6 +378,8 @@ def run(args: argparse.Namespace) -> list[tuple[str, str, str]]:
                     sink.count,
                     tree_rss_mb(procs["web"].pid),
                     workers_mb,
+                    queued,
+                    scheduled,
                 )
 
             load_at_start = os.getloadavg()[0]
@@ -410,6 +418,8 @@ def run(args: argparse.Namespace) -> list[tuple[str, str, str]]:
                     proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+            if args.logs:
+                shutil.copytree(logs, args.logs, dirs_exist_ok=True)
         engine.dispose()
 
     latencies = [lat for c in clients for (_, _, lat) in c.latencies]
@@ -485,12 +495,30 @@ def run(args: argparse.Namespace) -> list[tuple[str, str, str]]:
             "levels off",
         ),
         (
+            "Huey queue: max ready / max scheduled",
+            f"{max(s.queued for s in samples)} / {max(s.scheduled for s in samples)}",
+            "",
+        ),
+        (
             "load average (1 min): before the load / at end",
             f"{load_at_start:.2f} / {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs",
             "",
         ),
     ]
-    return rows
+    return rows, timeline(samples)
+
+
+def timeline(samples: list[Sample]) -> str:
+    """One line per minute: what the backlogs and memory did over the run."""
+    lines = ["| minute | inbox | outbox | Huey ready / scheduled | stored | sent | workers RSS MB |"]
+    lines.append("|---|---|---|---|---|---|---|")
+    for m in range(1, int(samples[-1].at // 60) + 1):
+        s = min(samples, key=lambda x, m=m: abs(x.at - 60 * m))
+        lines.append(
+            f"| {m} | {s.inbox} | {s.outbox} | {s.queued} / {s.scheduled} | {s.stored} | {s.sent} | "
+            f"{s.workers_mb:.0f} |"
+        )
+    return "\n".join(lines)
 
 
 def table(rows: list[tuple[str, str, str]]) -> str:
@@ -499,7 +527,7 @@ def table(rows: list[tuple[str, str, str]]) -> str:
     return "\n".join(lines)
 
 
-def write_readme(rows: list[tuple[str, str, str]], args: argparse.Namespace) -> None:
+def write_readme(rows: list[tuple[str, str, str]], minutes: str, args: argparse.Namespace) -> None:
     path = ROOT / "bench" / "README.md"
     current = path.read_text() if path.exists() else "# Benchmarks\n"
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -507,7 +535,7 @@ def write_readme(rows: list[tuple[str, str, str]], args: argparse.Namespace) -> 
         f"python -m bench.sustained --minutes {args.minutes:g} --rate {args.rate:g} "
         f"--clients {args.clients} --think {args.think:g} --workers {args.workers}"
     )
-    body = f"\nRun {stamp}: `{command}`\n\n{table(rows)}\n"
+    body = f"\nRun {stamp}: `{command}`\n\n{table(rows)}\n\nPer minute:\n\n{minutes}\n"
     if README_SECTION not in current:
         current = current.rstrip("\n") + "\n\n" + README_SECTION + "\n\n" + INTRO + "\n"
     head, _, rest = current.partition(README_SECTION)
@@ -537,13 +565,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=4, help="threads per worker process")
     parser.add_argument("--web-workers", type=int, default=2)
     parser.add_argument("--write-readme", action="store_true", help="append the table to bench/README.md")
+    parser.add_argument("--log-level", default="WARNING", help="TMSI_LOG_LEVEL of web and workers")
+    parser.add_argument("--logs", type=Path, help="copy the processes' logs to this directory at the end")
     args = parser.parse_args()
     # SIGTERM/SIGINT unwind through the finally blocks, which stop every process the run started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    rows = run(args)
+    rows, minutes = run(args)
     print(table(rows))
+    print()
+    print(minutes)
     if args.write_readme:
-        write_readme(rows, args)
+        write_readme(rows, minutes, args)
 
 
 if __name__ == "__main__":

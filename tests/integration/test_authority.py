@@ -569,6 +569,12 @@ def test_job_evaluates_the_latest_inbound_mail_and_commits(
         stored = session.get(Case, case_id)
         assert stored is not None and stored.authority_result == CheckResult.PASS
         assert stored.authority_evidence["message_sha256"]
+        evidence, version = stored.authority_evidence, stored.lock_version
+    # Queued again by a sweep while the first task waited: nothing is evaluated or written twice.
+    assert svc.job_evaluate_authority(conf, factory, case_id) == "already evaluated"
+    with factory() as session:
+        again = session.get_one(Case, case_id)
+        assert again.authority_evidence == evidence and again.lock_version == version
     assert svc.job_evaluate_authority(conf, factory, 987654) == "missing"
 
     with unit_of_work(factory) as session:

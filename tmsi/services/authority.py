@@ -934,11 +934,14 @@ def job_evaluate_authority(settings: Settings, factory: sessionmaker[Session], c
     """Scheduled/queued work: evaluate the authority of a case's latest inbound mail and commit.
 
     A case without any stored inbound mail (purged, or never had one) gets ``none`` rather than staying
-    pending, so the scheduler does not pick it up again and again."""
+    pending, so the scheduler does not pick it up again and again. A case no longer pending was evaluated
+    meanwhile (the sweep queues a case again when its first task still waits in a busy queue): skipped."""
     with unit_of_work(factory) as session:
         case = session.get(Case, case_id)
         if case is None:
             return "missing"
+        if case.authority_result != CheckResult.PENDING:
+            return "already evaluated"
         if _latest_raw(session, case) is None:
             case.authority_result = CheckResult.NONE
             case.authority_evidence = {"result": "none", "reasons": ["no stored inbound message to evaluate"]}
