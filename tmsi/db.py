@@ -115,6 +115,10 @@ def make_engine(url: str, **kw: Any) -> Engine:
         kw.setdefault("paramstyle", "numeric_dollar")
         connect_args = dict(kw.pop("connect_args", {}))
         connect_args.setdefault("cursor_factory", psycopg.RawCursor)
+        # No JIT: its compilation (tens to hundreds of ms) is paid on every execution of a statement the
+        # planner merely *estimates* as expensive, such as the batched listings look-up, whose range
+        # conditions it cannot size; tmsi's statements are short OLTP reads and writes.
+        connect_args.setdefault("options", "-c jit=off")
         kw["connect_args"] = connect_args
     engine = create_engine(url, pool_pre_ping=bool(ping), **kw)
     if ping is None:

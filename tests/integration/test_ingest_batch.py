@@ -138,9 +138,12 @@ def test_parser_processes_give_the_same_outcome_as_parsing_in_the_poller(setting
         ["203.0.113.7/32", "203.0.113.0/24", "198.51.100.128/25", "192.0.2.1/32"],
         [f"203.0.113.{i}/32" for i in range(0, 256, 7)],  # more than one chunk of 16
         ["2001:db8::/32", "2001:db8:1::/48", "203.0.113.16/28"],
+        ["203.0.113.130/31"],  # a case page's one or two targets
+        ["203.0.113.0/25", "2001:db8:1:2::/64"],
     ],
 )
-def test_many_lookups_at_once_equal_one_lookup_each(factory, queries):
+def test_many_lookups_at_once_equal_one_lookup_each(factory, queries, monkeypatch):
+    monkeypatch.setattr(listings, "UNNEST_CHUNK", 3)  # several PostgreSQL statements, one padded chunk
     with unit_of_work(factory) as s:
         listings.import_entries(
             s,

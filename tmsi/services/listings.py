@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import LargeBinary, any_, bindparam, insert, literal_column, select, union_all, update
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import Integer, bindparam, column, insert, literal_column, select, text, union_all, update
 from sqlalchemy.orm import Session
 
 from tmsi.db import utcnow
@@ -95,24 +94,19 @@ def find_overlapping_rows(session: Session, network: IPNetwork, *, active_only: 
 
 
 MANY_CHUNK = 16
+UNNEST_CHUNK = 500
 
 
-def _overlap_many_statement(size: int, arrays: bool) -> Any:
-    """:func:`_overlap_statement` for ``size`` networks at once, each row tagged with its network's
-    position ``q``: one round trip for many look-ups. Every chunk has the same size (padded), so the
-    statement is compiled once; with ``arrays`` (PostgreSQL) the supernet keys are one array parameter
-    per network, so the SQL text never changes and the server keeps it prepared (planning a union of
-    32 selects costs more than running it)."""
+def _overlap_many_statement(size: int) -> Any:
+    """:func:`_overlap_statement` for ``size`` networks at once (SQLite), each row tagged with its
+    network's position ``q``: one round trip for many look-ups. Every chunk has the same size (padded),
+    so the statement is compiled once."""
     parts = []
     for i in range(size):
         version: Any = bindparam(f"version{i}")
         start: Any = bindparam(f"start{i}")
         end: Any = bindparam(f"end{i}")
-        keys: Any = (
-            any_(bindparam(f"keys{i}", type_=postgresql.ARRAY(LargeBinary)))
-            if arrays
-            else bindparam(f"keys{i}", expanding=True)
-        )
+        keys: Any = bindparam(f"keys{i}", expanding=True)
         tag: Any = literal_column(str(i)).label("q")
         parts.append(
             select(tag, *ROW_COLUMNS).where(
@@ -122,7 +116,7 @@ def _overlap_many_statement(size: int, arrays: bool) -> Any:
         parts.append(
             select(tag, *ROW_COLUMNS).where(
                 Listing.version == version,
-                Listing.start_key == keys if arrays else Listing.start_key.in_(keys),
+                Listing.start_key.in_(keys),
                 Listing.end_key >= end,
                 Listing.active.is_(True),
             )
@@ -130,22 +124,74 @@ def _overlap_many_statement(size: int, arrays: bool) -> Any:
     return union_all(*parts)
 
 
-_OVERLAP_MANY = {arrays: _overlap_many_statement(MANY_CHUNK, arrays) for arrays in (False, True)}
+_OVERLAP_MANY = _overlap_many_statement(MANY_CHUNK)
+
+# PostgreSQL: any number of networks in one statement whose text never changes (so it stays prepared):
+# the networks arrive as parallel arrays, and each one's supernet keys are its slice lo..hi of one flat
+# array. LATERAL keeps both halves index probes per network, as in the single look-up.
+_LISTING_COLUMNS = ", ".join(f"l.{column.key}" for column in ROW_COLUMNS)
+_OVERLAP_UNNEST = (
+    text(
+        f"""
+SELECT t.q AS q, {_LISTING_COLUMNS}
+FROM unnest(CAST(:qs AS integer[]), CAST(:versions AS integer[]), CAST(:starts AS bytea[]),
+            CAST(:ends AS bytea[]), CAST(:los AS integer[]), CAST(:his AS integer[]))
+     AS t(q, version, s, e, lo, hi)
+CROSS JOIN LATERAL (
+    SELECT * FROM listings
+    WHERE listings.version = t.version AND listings.start_key BETWEEN t.s AND t.e AND listings.active
+    UNION ALL
+    SELECT * FROM listings
+    WHERE listings.version = t.version AND listings.start_key = ANY((CAST(:keys AS bytea[]))[t.lo:t.hi])
+      AND listings.end_key >= t.e AND listings.active
+) AS l
+"""
+    )
+    .columns(column("q", Integer), *ROW_COLUMNS)
+    .subquery("overlap")
+)
+_OVERLAP_UNNEST_SELECT = select(*_OVERLAP_UNNEST.c)
+
+
+def _unnest_params(networks: Sequence[IPNetwork]) -> dict[str, Any]:
+    params: dict[str, list[Any]] = {name: [] for name in ("qs", "versions", "starts", "ends", "los", "his")}
+    keys: list[bytes] = []
+    for q, net in enumerate(networks):
+        version, start, end = network_keys(net)
+        supernets = sorted({key for _plen, key in supernet_keys(net)})
+        params["qs"].append(q)
+        params["versions"].append(version)
+        params["starts"].append(start)
+        params["ends"].append(end)
+        params["los"].append(len(keys) + 1)  # PostgreSQL arrays count from 1; slices include both ends
+        params["his"].append(len(keys) + len(supernets))
+        keys += supernets
+    return {**params, "keys": keys}
 
 
 def find_overlapping_rows_many(session: Session, networks: Iterable[IPNetwork]) -> dict[str, list[Any]]:
-    """:func:`find_overlapping_rows` (active listings) for many networks, keyed by CIDR, in one query
-    per :data:`MANY_CHUNK` networks: what ingest needs for a whole batch of mail."""
+    """:func:`find_overlapping_rows` (active listings) for many networks, keyed by CIDR: one statement
+    for up to :data:`UNNEST_CHUNK` networks on PostgreSQL (:data:`MANY_CHUNK` on SQLite). What ingest
+    needs for a whole batch of mail, and the case page for its targets."""
     wanted = list(dict.fromkeys(networks))
     found: dict[str, dict[int, Any]] = {str(net): {} for net in wanted}
-    for first in range(0, len(wanted), MANY_CHUNK):
-        chunk = wanted[first : first + MANY_CHUNK]
-        padded = chunk + [chunk[-1]] * (MANY_CHUNK - len(chunk))
-        params: dict[str, Any] = {}
-        for i, net in enumerate(padded):
-            params.update({f"{k}{i}": v for k, v in _overlap_params(net).items()})
-        for row in session.execute(_OVERLAP_MANY[_arrays(session)], params):
-            found[str(padded[row.q])][row.id] = row
+    if _arrays(session):
+        for first in range(0, len(wanted), UNNEST_CHUNK):
+            chunk = wanted[first : first + UNNEST_CHUNK]
+            for row in session.execute(_OVERLAP_UNNEST_SELECT, _unnest_params(chunk)):
+                found[str(chunk[row.q])][row.id] = row
+    elif len(wanted) <= 2:  # SQLite answers a single look-up in-process: cheaper than a padded union
+        for net in wanted:
+            found[str(net)] = {row.id: row for row in find_overlapping_rows(session, net)}
+    else:
+        for first in range(0, len(wanted), MANY_CHUNK):
+            chunk = wanted[first : first + MANY_CHUNK]
+            padded = chunk + [chunk[-1]] * (MANY_CHUNK - len(chunk))
+            params: dict[str, Any] = {}
+            for i, net in enumerate(padded):
+                params.update({f"{k}{i}": v for k, v in _overlap_params(net).items()})
+            for row in session.execute(_OVERLAP_MANY, params):
+                found[str(padded[row.q])][row.id] = row
     return {
         cidr: sorted(rows.values(), key=lambda row: (row.start_key, row.prefixlen))
         for cidr, rows in found.items()

@@ -68,7 +68,7 @@ from tmsi.models import (
 )
 from tmsi.services import audit, cases, decide, policy, replies, users
 from tmsi.services import queue as queue_svc
-from tmsi.services.listings import find_overlapping_rows
+from tmsi.services.listings import find_overlapping_rows_many
 from tmsi.services.outbox import HeaderInjection
 from tmsi.web import actions
 from tmsi.web.auth import (
@@ -554,7 +554,7 @@ def _targets_view(db: Session, sections: dict[str, list[Any]]) -> list[dict[str,
         checks.setdefault(check.target_id, []).append(check)
     targets = sections["targets"]
     networks = [ipaddress.ip_network(target.network) for target in targets]
-    listings = {str(net): find_overlapping_rows(db, net) for net in networks}
+    listings = find_overlapping_rows_many(db, networks) if networks else {}
     out = []
     for target, network in zip(targets, networks, strict=True):
         latest: dict[str, Any] = {}
