@@ -246,6 +246,23 @@ def test_caching_dns_keeps_answers_but_not_errors(dns: StaticDns) -> None:
     assert cache.hits == 1
 
 
+def test_caching_dns_is_bounded_and_expires(dns: StaticDns) -> None:
+    clock = [0.0]
+    cache = CachingDns(dns, max_ttl=60, max_entries=3, timer=lambda: clock[0])
+    for i in range(5):
+        dns.add(f"mx{i}.isp.example", "A", "192.0.2.1")
+        cache.query(f"mx{i}.isp.example", "A")
+    assert len(cache) == 3  # least recently used dropped
+    cache.query("mx4.isp.example", "A")
+    assert cache.hits == 1
+    cache.query("mx0.isp.example", "A")  # evicted: asked again
+    assert dns.queries.count(("mx0.isp.example", "A")) == 2
+    clock[0] = 61.0  # past max_ttl: every answer expired
+    assert len(cache) == 0
+    cache.query("mx4.isp.example", "A")
+    assert dns.queries.count(("mx4.isp.example", "A")) == 2
+
+
 def test_auto_delist_eligibility() -> None:
     target = CaseTarget(network="192.0.2.7/32", status=TargetStatus.PASS, authority_result=CheckResult.PASS)
     case = Case(

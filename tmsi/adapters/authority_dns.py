@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -20,6 +20,7 @@ import dns.nameserver
 import dns.rcode
 import dns.rdatatype
 import dns.resolver
+from cachetools import TLRUCache
 
 RDTYPES = frozenset({"A", "AAAA", "MX", "PTR", "TXT", "SPF", "CNAME"})
 
@@ -130,33 +131,56 @@ class DnspythonDns:
 
 
 class CachingDns:
-    """Answers kept for min(TTL, ``max_ttl``); negative answers for ``negative_ttl``; errors never."""
+    """Answers kept for min(TTL, ``max_ttl``); negative answers for ``negative_ttl``; errors never.
 
-    def __init__(self, inner: AuthorityDns, *, max_ttl: int = 3600, negative_ttl: int = 300) -> None:
+    At most ``max_entries`` answers (least recently used go first; expired ones are dropped as the cache
+    is written): a worker that meets new sender domains all day keeps a fixed amount of memory.
+    """
+
+    def __init__(
+        self,
+        inner: AuthorityDns,
+        *,
+        max_ttl: int = 3600,
+        negative_ttl: int = 300,
+        max_entries: int = 50_000,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.inner = inner
         self.max_ttl = max_ttl
         self.negative_ttl = negative_ttl
-        self._cache: dict[tuple[str, str], tuple[float, DnsAnswer]] = {}
-        self._lock = threading.Lock()
+        self._cache: TLRUCache[tuple[str, str], DnsAnswer] = TLRUCache(
+            maxsize=max_entries, ttu=self._expires, timer=timer
+        )
+        self._lock = threading.Lock()  # cachetools caches are not thread-safe (a read reorders the LRU)
         self.hits = 0
         self.misses = 0
 
+    def _ttl(self, answer: DnsAnswer) -> float:
+        ttl = answer.ttl if answer.ok else min(answer.ttl or self.negative_ttl, self.negative_ttl)
+        return max(0, min(ttl, self.max_ttl))
+
+    def _expires(self, _key: tuple[str, str], answer: DnsAnswer, now: float) -> float:
+        return now + self._ttl(answer)
+
     def query(self, name: str, rdtype: str) -> DnsAnswer:
         key = (_norm(name), rdtype.upper())
-        now = time.monotonic()
-        entry = self._cache.get(key)
-        if entry is not None and entry[0] > now:
+        with self._lock:
+            cached = self._cache.get(key)
+        if cached is not None:
             self.hits += 1
-            return entry[1]
+            return cached
         self.misses += 1
         answer = self.inner.query(*key)
-        if answer.status != "error":
-            ttl = answer.ttl if answer.ok else min(answer.ttl or self.negative_ttl, self.negative_ttl)
-            ttl = max(0, min(ttl, self.max_ttl))
-            if ttl:
-                with self._lock:
-                    self._cache[key] = (now + ttl, answer)
+        if answer.status != "error" and self._ttl(answer):
+            with self._lock:
+                self._cache[key] = answer
         return answer
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._cache.expire()
+            return len(self._cache)
 
     def clear(self) -> None:
         with self._lock:
