@@ -36,6 +36,8 @@ from typing import Any
 
 from sqlalchemy import create_engine, func, select, text
 
+from bench.machine import reference_ms
+
 ROOT = Path(__file__).resolve().parents[1]
 PG_BASE = os.environ.get("TMSI_BENCH_PG_BASE", "postgresql+psycopg://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("TMSI_BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
@@ -383,6 +385,7 @@ def run(args: argparse.Namespace) -> tuple[list[tuple[str, str, str]], str]:
                 )
 
             load_at_start = os.getloadavg()[0]
+            speed_at_start = reference_ms()
             t0 = time.monotonic()
             for thread in threads:
                 thread.start()
@@ -503,6 +506,11 @@ def run(args: argparse.Namespace) -> tuple[list[tuple[str, str, str]], str]:
             "load average (1 min): before the load / at end",
             f"{load_at_start:.2f} / {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs",
             "",
+        ),
+        (
+            "machine speed (bench/machine.py reference loop) before / after",
+            f"{speed_at_start:.0f} / {reference_ms():.0f} ms",
+            "lower is faster",
         ),
     ]
     return rows, timeline(samples)

@@ -40,6 +40,7 @@ from typing import Any
 import psycopg
 from sqlalchemy import text
 
+from bench.machine import reference_ms
 from tmsi.cli.db import upgrade
 from tmsi.db import make_engine, unit_of_work
 from tmsi.db import make_sessionmaker as _make_sessionmaker
@@ -675,6 +676,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--requests", type=int, default=2000, help="per measured page")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="closed-loop runs of each page (the machine's speed varies)"
+    )
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument(
         "--think",
@@ -725,6 +729,7 @@ def main() -> None:
     }
     env = dict(os.environ, **app_env)
     load_at_start = os.getloadavg()[0]  # after the data load: the machine as the measurement finds it
+    speed_at_start = reference_ms()
     gunicorn = start_gunicorn(port, env, args.workers, args.threads)
     try:
         try:
@@ -741,20 +746,22 @@ def main() -> None:
             if use_wrk:
                 for think in (0.0, args.think) if args.think else (0.0,):
                     label = f"think {think:g} s" if think else "closed loop"
-                    wrk_rows.append(
-                        (
-                            f"queue page, default filter, page 1 ({label})",
-                            args.clients,
-                            run_wrk(port, cookie, args.clients, args.seconds, 0, year, think),
+                    for run in range(args.repeat if not think else 1):
+                        tag = f", run {run + 1}" if args.repeat > 1 and not think else ""
+                        wrk_rows.append(
+                            (
+                                f"queue page, default filter, page 1 ({label}{tag})",
+                                args.clients,
+                                run_wrk(port, cookie, args.clients, args.seconds, 0, year, think),
+                            )
                         )
-                    )
-                    wrk_rows.append(
-                        (
-                            f"case page, random case ({label})",
-                            args.clients,
-                            run_wrk(port, cookie, args.clients, args.seconds, n, year, think),
+                        wrk_rows.append(
+                            (
+                                f"case page, random case ({label}{tag})",
+                                args.clients,
+                                run_wrk(port, cookie, args.clients, args.seconds, n, year, think),
+                            )
                         )
-                    )
             else:
                 queue = run_load(port, cookie, args.clients, args.requests, lambda r: "/cases", "queue-table")
                 rows.append(("queue page (default filter, page 1)", args.clients, queue))
@@ -834,7 +841,9 @@ def main() -> None:
         f"Data: {args.cases:,} cases, {args.messages:,} messages, {args.listings:,} listings (PostgreSQL); "
         f"gunicorn {args.workers} workers x {args.threads} threads (gthread) on loopback, 2 CPU cores shared "
         f"with PostgreSQL and the load generator; first closed loop (no think time), then with think time. "
-        f"Load average at the start: {load_at_start:.1f}, at the end: {os.getloadavg()[0]:.1f}.",
+        f"Load average at the start: {load_at_start:.1f}, at the end: {os.getloadavg()[0]:.1f}. "
+        f"Machine speed (bench/machine.py reference loop, lower is faster): {speed_at_start:.0f} ms at the "
+        f"start, {reference_ms():.0f} ms at the end.",
         "",
         "| page | clients | requests | median ms | p95 ms | max ms | req/s |",
         "|---|---|---|---|---|---|---|",
