@@ -538,7 +538,7 @@ def _case_and_sections(db: Session, reference: str) -> tuple[Any, dict[str, list
     if db.get_bind().dialect.name != "postgresql":
         case = _case_row(db, reference)
         return case, _case_sections(db, case.id)
-    row = db.execute(_CASE_AND_SECTIONS, {"reference": reference.upper()}).first()
+    row = db.connection().execute(_CASE_AND_SECTIONS, {"reference": reference.upper()}).first()
     if row is None:
         abort(404, description=f"There is no case {reference}.")
     mapping = row._mapping
