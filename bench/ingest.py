@@ -171,7 +171,7 @@ def bench_settings(url: str, **extra: Any) -> Any:
 def child(args: argparse.Namespace) -> None:
     from tmsi.adapters.mailbox import ImapMailbox
     from tmsi.db import make_engine, make_sessionmaker
-    from tmsi.services.ingest import poll_once
+    from tmsi.services.poller import poll_once
 
     settings = bench_settings(
         args.url, imap_batch_size=200, ingest_defer=args.defer > 0, ingest_parse_workers=args.parse_workers

@@ -77,7 +77,7 @@ def _poll_every(settings: Settings) -> float:
 SCHEDULES: tuple[Schedule, ...] = (
     Schedule(
         "poll_mailbox",
-        "tmsi.services.ingest:job_poll_mailbox",
+        "tmsi.services.poller:job_poll_mailbox",
         _poll_every,
         "fetch new mail from the shared mailbox (one poller per mailbox)",
         singleton=True,

@@ -16,7 +16,7 @@ from tmsi.db import unit_of_work
 from tmsi.domain.listfile import Entry
 from tmsi.domain.networks import parse_network
 from tmsi.models import AuditEvent, Case, CaseCounter, Message, MessageStatus, OutboxMessage
-from tmsi.services import ingest, listings
+from tmsi.services import ingest, listings, poller
 
 
 def _count(factory, model, *where):
@@ -34,7 +34,7 @@ def _box(*raws: bytes) -> MemoryMailbox:
 def test_a_reply_in_the_same_batch_threads_into_the_case_its_request_opened(settings, factory):
     request = mails.request("203.0.113.7", sender="noc@isp.example")
     reply = mails.reply_to(request, subject="more addresses", body="Also 203.0.113.9, thanks.")
-    report = ingest.poll_once(settings, factory, _box(request, reply))
+    report = poller.poll_once(settings, factory, _box(request, reply))
     assert (report.processed, report.new_cases) == (2, 1)
     with unit_of_work(factory) as s:
         (case,) = s.scalars(select(Case)).all()
@@ -44,7 +44,7 @@ def test_a_reply_in_the_same_batch_threads_into_the_case_its_request_opened(sett
 
 def test_the_same_message_twice_in_one_batch_is_one_message_with_two_deliveries(settings, factory):
     raw = mails.request("198.51.100.20")
-    report = ingest.poll_once(settings, factory, _box(raw, raw))
+    report = poller.poll_once(settings, factory, _box(raw, raw))
     assert (report.processed, report.duplicates, report.new_cases, report.replies) == (1, 1, 1, 1)
     with unit_of_work(factory) as s:
         (message,) = s.scalars(select(Message).where(Message.direction == "in")).all()
@@ -54,7 +54,7 @@ def test_the_same_message_twice_in_one_batch_is_one_message_with_two_deliveries(
 def test_reply_limit_counts_the_replies_queued_earlier_in_the_same_batch(settings, factory):
     limit = settings.autoreply_per_sender_per_hour
     raws = [mails.request(f"203.0.113.{10 + i}", sender="noc@busy.example") for i in range(limit + 2)]
-    report = ingest.poll_once(settings, factory, _box(*raws))
+    report = poller.poll_once(settings, factory, _box(*raws))
     assert report.new_cases == limit + 2
     assert _count(factory, OutboxMessage) == limit
     assert _count(factory, AuditEvent, AuditEvent.action == "reply.suppressed") == 2
@@ -63,19 +63,19 @@ def test_reply_limit_counts_the_replies_queued_earlier_in_the_same_batch(setting
 def test_references_of_a_batch_are_consecutive_and_the_counter_ends_at_the_last(settings, factory):
     raws = [mails.request(f"198.51.100.{30 + i}", sender=f"noc{i}@isp{i}.example") for i in range(7)]
     box = _box(*raws)
-    ingest.poll_once(settings, factory, box)
+    poller.poll_once(settings, factory, box)
     with unit_of_work(factory) as s:
         numbers = sorted(int(ref.rsplit("-", 1)[1]) for ref in s.scalars(select(Case.reference)))
         assert numbers == list(range(1, 8))
         assert s.scalar(select(CaseCounter.value)) == 7
     box.add("INBOX", mails.request("198.51.100.50", sender="x@later.example"))
-    ingest.poll_once(settings, factory, box)
+    poller.poll_once(settings, factory, box)
     with unit_of_work(factory) as s:
         assert s.scalar(select(func.max(Case.reference))).endswith("-000008")
 
 
 def test_audit_events_name_the_rows_they_are_about(settings, factory):
-    ingest.poll_once(settings, factory, _box(mails.request("203.0.113.77")))
+    poller.poll_once(settings, factory, _box(mails.request("203.0.113.77")))
     with unit_of_work(factory) as s:
         queued = s.scalars(select(AuditEvent).where(AuditEvent.action == "reply.queued")).one()
         row = s.scalars(select(OutboxMessage)).one()
@@ -98,7 +98,7 @@ def test_a_failing_batch_is_redone_one_message_at_a_time(settings, factory, monk
 
     monkeypatch.setattr(ingest, "_handle_human", failing)
     box = _box(good[0], bad, *good[1:])
-    report = ingest.poll_once(settings, factory, box)
+    report = poller.poll_once(settings, factory, box)
     assert (report.processed, report.quarantined, report.new_cases) == (3, 1, 3)
     assert _count(factory, Message, Message.direction == "in") == 4
     assert _count(factory, Message, Message.status == MessageStatus.QUARANTINED) == 1
@@ -109,7 +109,7 @@ def test_a_failing_batch_is_redone_one_message_at_a_time(settings, factory, monk
 def test_moves_are_grouped_but_everything_committed_leaves_the_folder(settings, factory):
     settings = settings.model_copy(update={"imap_batch_size": 2})
     box = _box(*[mails.request(f"203.0.113.{100 + i}", sender=f"n{i}@isp.example") for i in range(5)])
-    report = ingest.poll_once(settings, factory, box)
+    report = poller.poll_once(settings, factory, box)
     assert report.processed == 5 and not box.folders["INBOX"].messages
     assert len(box.moves) == 1  # 3 IMAP batches, one MOVE (fewer than MOVE_EVERY messages)
     assert set(report.seconds) == {"store", "wait", "parse", "fetch", "move"}
@@ -123,7 +123,7 @@ def test_parser_processes_give_the_same_outcome_as_parsing_in_the_poller(setting
         mails.auto_reply(),
     ]
     parallel = settings.model_copy(update={"ingest_parse_workers": 1})
-    report = ingest.poll_once(parallel, factory, _box(*raws))
+    report = poller.poll_once(parallel, factory, _box(*raws))
     assert (report.processed, report.quarantined, report.new_cases) == (3, 1, 2)
     with unit_of_work(factory) as s:
         targets = sorted(t for case in s.scalars(select(Case)) for t in (x.network for x in case.targets))

@@ -16,7 +16,7 @@ from tmsi.adapters.mailbox import ImapMailbox, MailboxError
 from tmsi.adapters.mailer import SmtpMailer
 from tmsi.db import unit_of_work, utcnow
 from tmsi.models import Case, CaseStatus, Message, MessageKind, OutboxMessage, OutboxStatus
-from tmsi.services import cases, ingest, outbox
+from tmsi.services import cases, outbox, poller
 
 pytestmark = pytest.mark.integration
 
@@ -98,7 +98,7 @@ def test_batch_poll_moves_folders_and_sends_threaded_acknowledgements(
 
     box = _mailbox(imap_settings)
     try:
-        report = ingest.poll_once(imap_settings, factory, box)
+        report = poller.poll_once(imap_settings, factory, box)
     finally:
         box.close()
 
@@ -142,7 +142,7 @@ def test_batch_poll_moves_folders_and_sends_threaded_acknowledgements(
     # a second pass finds nothing to do
     box = _mailbox(imap_settings)
     try:
-        again = ingest.poll_once(imap_settings, factory, box)
+        again = poller.poll_once(imap_settings, factory, box)
     finally:
         box.close()
     assert (again.seen, again.moved_only) == (0, 0)
@@ -157,14 +157,14 @@ class CrashingMove(ImapMailbox):
 
 
 def test_crash_between_commit_and_move_then_restart(imap_settings, factory, dovecot, monkeypatch):
-    monkeypatch.setattr(ingest, "MOVE_EVERY", 1)  # move after every IMAP batch, as a busy pass does
+    monkeypatch.setattr(poller, "MOVE_EVERY", 1)  # move after every IMAP batch, as a busy pass does
     user = imap_settings.imap_user
     for i in range(5):
         dovecot.append("INBOX", mails.request(f"203.0.113.{40 + i}", sender=f"noc{i}@isp.example"), user=user)
     crashing = CrashingMove.from_settings(imap_settings)
     crashing.__class__ = CrashingMove
     try:
-        first = ingest.poll_once(imap_settings, factory, crashing)
+        first = poller.poll_once(imap_settings, factory, crashing)
     finally:
         crashing.close()
     # The first batch (3) committed, then the "crash" at its MOVE; the feeder may have fetched the second
@@ -174,7 +174,7 @@ def test_crash_between_commit_and_move_then_restart(imap_settings, factory, dove
 
     box = _mailbox(imap_settings)
     try:
-        second = ingest.poll_once(imap_settings, factory, box)
+        second = poller.poll_once(imap_settings, factory, box)
     finally:
         box.close()
     assert second.moved_only == first.processed and second.duplicates == 0
@@ -203,7 +203,7 @@ def test_crash_between_outbox_write_and_send_then_restart(imap_settings, factory
     dovecot.append("INBOX", mails.request("198.51.100.6", sender="b@isp.example"), user=user)
     box = _mailbox(imap_settings)
     try:
-        ingest.poll_once(imap_settings, factory, box)
+        poller.poll_once(imap_settings, factory, box)
     finally:
         box.close()
     smtp_sink.clear()
@@ -241,7 +241,7 @@ def test_uidvalidity_change_by_recreating_the_folder(imap_settings, factory, dov
     crashing = CrashingMove.from_settings(imap_settings)
     crashing.__class__ = CrashingMove
     try:
-        first = ingest.poll_once(imap_settings, factory, crashing)
+        first = poller.poll_once(imap_settings, factory, crashing)
     finally:
         crashing.close()
     assert first.processed == 3
@@ -254,7 +254,7 @@ def test_uidvalidity_change_by_recreating_the_folder(imap_settings, factory, dov
 
     box = _mailbox(imap_settings)
     try:
-        second = ingest.poll_once(imap_settings, factory, box)
+        second = poller.poll_once(imap_settings, factory, box)
     finally:
         box.close()
     assert second.uidvalidity_reset and second.uidvalidity != first.uidvalidity
@@ -271,7 +271,7 @@ def test_duplicate_delivery_and_reply_threading_over_imap(imap_settings, factory
     dovecot.append("INBOX", raw, user=user)
     box = _mailbox(imap_settings)
     try:
-        report = ingest.poll_once(imap_settings, factory, box)
+        report = poller.poll_once(imap_settings, factory, box)
         assert (report.processed, report.duplicates, report.new_cases) == (1, 1, 1)
         with unit_of_work(factory) as s:
             message = s.scalar(select(Message).where(Message.direction == "in"))
@@ -287,7 +287,7 @@ def test_duplicate_delivery_and_reply_threading_over_imap(imap_settings, factory
         )
         dovecot.append("INBOX", reply, user=user)
         dovecot.append("INBOX", mails.auto_reply(f"Re: [{reference}]"), user=user)
-        second = ingest.poll_once(imap_settings, factory, box)
+        second = poller.poll_once(imap_settings, factory, box)
     finally:
         box.close()
     assert (second.processed, second.new_cases, second.replies) == (2, 0, 0)
@@ -308,7 +308,7 @@ def test_twenty_megabyte_message(imap_settings, factory, dovecot):
     dovecot.append("INBOX", raw, user=user)
     box = _mailbox(imap_settings)
     try:
-        report = ingest.poll_once(imap_settings, factory, box)
+        report = poller.poll_once(imap_settings, factory, box)
     finally:
         box.close()
     assert (report.processed, report.new_cases) == (1, 1) and report.bytes >= len(raw) - 1000
@@ -424,7 +424,7 @@ def test_cli_poll_and_send(imap_settings, factory, dovecot, smtp_sink, monkeypat
 
 
 def test_job_send_outbox_uses_the_configured_smtp(imap_settings, factory, dovecot, smtp_sink):
-    from tmsi.services.ingest import job_poll_mailbox
+    from tmsi.services.poller import job_poll_mailbox
 
     dovecot.append(
         "INBOX", mails.request("198.51.100.201", sender="job@isp.example"), user=imap_settings.imap_user

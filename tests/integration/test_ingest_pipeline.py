@@ -32,7 +32,7 @@ from tmsi.models import (
     OutboxStatus,
     TargetListing,
 )
-from tmsi.services import cases, ingest, joblock, listings, outbox
+from tmsi.services import cases, ingest, joblock, listings, outbox, poller
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "mail"
 
@@ -50,7 +50,7 @@ def _list(factory, net: str) -> None:
 
 
 def _poll(settings, factory, box):
-    return ingest.poll_once(settings, factory, box)
+    return poller.poll_once(settings, factory, box)
 
 
 def test_batch_poll_creates_cases_links_listings_and_acknowledges_once(settings, factory):
@@ -398,11 +398,11 @@ def test_poll_a_local_maildir(settings, factory, tmp_path):
     box = MaildirMailbox(tmp_path / "Maildir")
     box.deliver("INBOX", mails.request("198.51.100.150", sender="local@isp.example"))
     box.deliver("INBOX", mails.malformed())
-    report = ingest.poll_once(settings, factory, box)
+    report = poller.poll_once(settings, factory, box)
     assert (report.processed, report.quarantined, report.new_cases) == (1, 1, 1)
     assert box.uids_after("INBOX") == [] and len(box.uids_after("Processed")) == 1
     assert len(box.uids_after("Quarantine")) == 1
-    assert ingest.poll_once(settings, factory, box).seen == 0
+    assert poller.poll_once(settings, factory, box).seen == 0
 
 
 def test_a_copy_of_our_own_ack_in_the_inbox_is_attached_but_silences_nothing(settings, factory):
@@ -443,12 +443,12 @@ def test_skip_locked_on_postgresql(settings, factory, engine):
 def test_job_poll_mailbox_uses_the_configured_maildir(settings, factory):
     from tmsi.adapters.mailbox import MaildirMailbox
 
-    assert ingest.job_poll_mailbox(settings, factory) == {"skipped": "TMSI_MAILBOX_KIND is none"}
+    assert poller.job_poll_mailbox(settings, factory) == {"skipped": "TMSI_MAILBOX_KIND is none"}
     settings.mailbox_kind = "maildir"
     MaildirMailbox(settings.maildir_path).deliver(
         "INBOX", mails.request("203.0.113.222", sender="job@isp.example")
     )
-    report = ingest.job_poll_mailbox(settings, factory)
+    report = poller.job_poll_mailbox(settings, factory)
     assert (report["processed"], report["new_cases"]) == (1, 1)
     assert report["mailbox"].startswith("maildir:")
 

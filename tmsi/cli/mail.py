@@ -66,7 +66,7 @@ def poll_cmd(watch: bool, limit: int | None) -> None:
     Each message is stored and processed in its own transaction and moved to the Processed (or
     Quarantine) folder only after the commit."""
     from tmsi.adapters.mailbox import mailbox_from_settings
-    from tmsi.services.ingest import poll_once, watch_mailbox
+    from tmsi.services.poller import poll_once, watch_mailbox
 
     settings = load_settings()
     mailbox = mailbox_from_settings(settings)
