@@ -105,11 +105,26 @@ class Dovecot:
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.ca_file)
 
-    def add_user(self, user: str, password: str = "secret") -> tuple[str, str]:
-        """Another mailbox (isolates a test's folders); passwd-file is re-read when it changes."""
+    def add_user(self, user: str, password: str = "secret", *, wait: float | None = 20.0) -> tuple[str, str]:
+        """Another mailbox (isolates a test's folders), returned once it can log in (``wait=None``: at
+        once, for a server not started yet).
+
+        Dovecot re-reads the passwd-file when it changes, but its auth process can take seconds to notice:
+        a login straight after writing it fails now and then ("Authentication failed").
+        """
         self.users[user] = password
         self._write_users()
-        return user, password
+        if wait is None:
+            return user, password
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                self.client(user, password).logout()
+                return user, password
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def _write_users(self) -> None:
         path = self.directory / "users"
@@ -168,7 +183,7 @@ def dovecot_server(reaper: Reaper | None = None) -> Iterator[Dovecot]:
     port, tls_port = free_port(), free_port()
     (directory / "dovecot.conf").write_text(CONFIG.format(d=directory, port=port, tls_port=tls_port))
     server = Dovecot(directory, "127.0.0.1", port, tls_port, "dul@example.test", "secret", str(cert))
-    server.add_user(server.user, server.password)
+    server.add_user(server.user, server.password, wait=None)
     try:
         start_daemon([DOVECOT, "-c", str(directory / "dovecot.conf")], directory / "start.log")
         server.pid = read_pid(directory / "run" / "master.pid")
