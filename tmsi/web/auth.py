@@ -114,9 +114,8 @@ def _password_tag(user: Any) -> str:
 def request_db() -> Session:
     """The request's read session, opened on first use and closed when the request ends.
 
-    Signing the user in and a read-only page share it: one pooled connection (one liveness ping) per
-    request instead of one per step, in autocommit (``Database.reads``). Writes use their own
-    ``unit_of_work``.
+    Signing the user in and a read-only page share it: one pooled connection per request instead of one
+    per step, in autocommit (``Database.reads``). Writes use their own ``unit_of_work``.
     """
     db: Session | None = g.get("_tmsi_read_db")
     if db is None:
