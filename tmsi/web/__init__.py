@@ -6,7 +6,7 @@ from flask import Flask
 
 
 def register_web(app: Flask) -> None:
-    from tmsi.web import api, api_cases, auth, errors, extensions, ui
+    from tmsi.web import api, api_cases, auth, errors, extensions, mailbox, ui
 
     errors.register(app)
     extensions.init_extensions(app, app.config["TMSI"])
@@ -14,6 +14,7 @@ def register_web(app: Flask) -> None:
     app.register_blueprint(api.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(ui.bp)
+    app.register_blueprint(mailbox.bp)
     app.register_blueprint(api_cases.bp)
     extensions.csrf.exempt(api_cases.bp)
     from tmsi.web import dashboard, ops  # operations: /readyz, /metrics, request ids; leads' /dashboard
