@@ -85,6 +85,29 @@ def test_quarantine_is_listed_with_its_reason_and_case_mail_is_not(client, facto
     assert "Case mail, not outside" not in rows and ref not in rows
 
 
+def test_quarantined_mail_shows_its_sender_and_subject(client, factory, settings, monkeypatch):
+    # The parser refuses it (NUL bytes in the header block), but From and Subject are readable.
+    binary = _ingest(
+        factory,
+        settings,
+        b"From: =?utf-8?q?NOC_M=C3=BCller?= <noc@isp.example>\r\nSubject: Delist\r\n 192.0.2.9 "
+        + HOSTILE.encode()
+        + b"\r\nX-Junk: "
+        + b"\x00" * 20
+        + b"\r\n\r\nbody\r\n",
+    )
+    failed = _failed_processing(factory, settings, monkeypatch, mail.request("203.0.113.8"))
+    stored = _message(factory, binary)
+    assert stored.status == MessageStatus.QUARANTINED and "NUL" in (stored.quarantine_reason or "")
+    assert (stored.from_name, stored.from_addr) == ("NOC Müller", "noc@isp.example")
+    assert stored.subject == f"Delist 192.0.2.9 {HOSTILE}"
+    assert _message(factory, failed).subject  # kept although its processing was rolled back
+    signed_in(client, factory, "analyst")
+    rows = _rows(client.get("/mail").text)
+    assert "noc@isp.example" in rows and "Delist 192.0.2.9 &lt;script&gt;" in rows and HOSTILE not in rows
+    assert _message(factory, failed).subject in rows
+
+
 def test_filters_change_what_is_listed(client, factory, settings):
     garbage = _ingest(factory, settings, mail.malformed())
     ooo = _ingest(factory, settings, mail.auto_reply("Delisting of 203.0.113.9"))

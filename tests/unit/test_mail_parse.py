@@ -562,3 +562,16 @@ def test_huge_inline_text_is_read_only_in_its_head() -> None:
     assert time.perf_counter() - started < 20
     assert len(parsed.text) <= 8 * 1024 * 1024
     assert any("read only in its first 8 MiB" in defect for defect in parsed.defects)
+
+
+def test_glimpse_reads_sender_and_subject_of_mail_the_parser_refuses() -> None:
+    from tmsi.domain.mail import glimpse
+
+    raw = (
+        b"Received: from x\r\nFrom: =?iso-8859-1?q?J=F6rg?= <noc@isp.example>\r\n"
+        b"Subject: Please delist\r\n\t198.51.100.0/24\r\nSubject: second one ignored\r\n"
+        b"X-Bad: \x00\r\n\r\nFrom: body@example.test\r\n"
+    )
+    assert glimpse(raw) == ("Jörg", "noc@isp.example", "Please delist 198.51.100.0/24")
+    assert glimpse(b"\x00\x01 not mail at all") == ("", "", "")
+    assert glimpse(b"Subject: only\n\nFrom: in the body <x@example.test>\n") == ("", "", "only")

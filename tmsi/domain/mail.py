@@ -797,6 +797,31 @@ def _split_raw(raw: bytes) -> tuple[bytes, bytes]:
     return raw[: match.start()], raw[match.end() :]
 
 
+GLIMPSE_BYTES = 64 * 1024
+
+
+def glimpse(raw: bytes) -> tuple[str, str, str]:
+    """Sender name, sender address and subject of a message the parser refused, read leniently so that
+    the quarantine list can show what it is: the first ``From`` and ``Subject`` fields of the header
+    block (within the first 64 KiB), unfolded, encoded words decoded; ``""`` where absent."""
+    head, _ = _split_raw(raw[:GLIMPSE_BYTES])
+    fields: dict[str, str] = {}
+    current = ""
+    for line in head.splitlines():
+        text = line.decode("utf-8", "surrogateescape")
+        if text[:1] in (" ", "\t"):
+            if current:
+                fields[current] += " " + text.strip()
+            continue
+        name, sep, value = text.partition(":")
+        name = name.strip().lower()
+        current = name if sep and name in ("from", "subject") and name not in fields else ""
+        if current:
+            fields[current] = value.strip()
+    sender_name, sender_addr = email.utils.parseaddr(decode_header_value(fields.get("from", "")))
+    return sender_name, sender_addr, decode_header_value(fields.get("subject", ""))
+
+
 def _stable_hash(raw: bytes) -> str:
     """sha256 over the sender-written headers and the body, line endings normalized."""
     head, body = _split_raw(raw)

@@ -25,7 +25,7 @@ from tmsi.db import unit_of_work, utcnow
 from tmsi.domain import classify
 from tmsi.domain.classify import Classification, classify_message, find_thread_ref, target_reasons
 from tmsi.domain.extract import ExtractedTargets, extract_targets
-from tmsi.domain.mail import MailParseError, ParsedMessage, dedupe_key, parse_message
+from tmsi.domain.mail import MailParseError, ParsedMessage, dedupe_key, glimpse, parse_message
 from tmsi.domain.networks import IPNetwork, network_keys
 from tmsi.models import (
     Case,
@@ -433,6 +433,11 @@ def _quarantine(message: Message, reason: str, *, parse_error: str | None = None
     message.quarantine_reason = _clean(reason)
     if parse_error is not None:
         message.parse_error = _clean(parse_error)
+        if message.raw:  # the parser refused it: a lenient look at From and Subject, for the list
+            sender_name, sender_addr, subject = glimpse(message.raw)
+            message.from_name = _clean(sender_name, 255)
+            message.from_addr = _clean(sender_addr, 255)
+            message.subject = _clean(subject, 998)
     message.processed_at = now
 
 
@@ -451,6 +456,10 @@ def _process_guarded(
     except Exception as exc:
         log.exception("processing message %s failed; quarantined", message.id)
         session.refresh(message)
+        # What the list shows of it, lost with the savepoint (short, clipped strings: safe to set again).
+        message.from_name = _clean(parsed.from_name, 255)
+        message.from_addr = _clean(parsed.from_addr, 255)
+        message.subject = _clean(parsed.subject, 998)
         reason = f"processing failed: {type(exc).__name__}: {exc}"
         _quarantine(message, reason, now=now)
         session.flush()
