@@ -4,10 +4,9 @@ downloadable as stored, and a quarantined message can be run through ingest agai
 from __future__ import annotations
 
 from dataclasses import dataclass
-from io import BytesIO
 from typing import Any
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, send_file, url_for
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from sqlalchemy import Select, or_, select
 
 from tmsi.app import get_db, get_settings
@@ -15,6 +14,7 @@ from tmsi.db import unit_of_work
 from tmsi.models import Case, Direction, Message, MessageKind, MessageStatus
 from tmsi.services.ingest import IngestResult, reprocess_message
 from tmsi.web.auth import ACT_ROLES, ALL_ROLES, require_user, role_required
+from tmsi.web.ui import send_raw
 
 bp = Blueprint("mailbox", __name__)
 
@@ -115,14 +115,7 @@ def mail_raw(message_id: int) -> Any:
         ).first()
     if found is None:
         abort(404, description="There is no such message outside cases.")
-    if not found.raw:
-        abort(404, description="The raw message was purged.")
-    return send_file(
-        BytesIO(bytes(found.raw)),
-        mimetype="application/octet-stream",
-        as_attachment=True,
-        download_name=f"message-{message_id}.eml",
-    )
+    return send_raw(found.raw, f"message-{message_id}.eml")
 
 
 def _outcome(result: IngestResult) -> tuple[str, str]:

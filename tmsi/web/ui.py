@@ -831,14 +831,19 @@ def _message_or_404(db: Session, case: Case, message_id: int) -> Message:
 def message_raw(reference: str, message_id: int) -> Any:
     with get_db().reads() as db:
         message = _message_or_404(db, _case_or_404(db, reference), message_id)
-        if not message.raw:
-            abort(404, description="The raw message was purged.")
-        raw = bytes(message.raw)
+        raw = message.raw
+    return send_raw(raw, f"{reference}-message-{message_id}.eml")
+
+
+def send_raw(raw: bytes | None, download_name: str) -> Any:
+    """A stored message as a download, exactly as received (404 when its raw bytes were purged)."""
+    if not raw:
+        abort(404, description="The raw message was purged.")
     return send_file(
-        BytesIO(raw),
+        BytesIO(bytes(raw)),
         mimetype="application/octet-stream",
         as_attachment=True,
-        download_name=f"{reference}-message-{message_id}.eml",
+        download_name=download_name,
     )
 
 
