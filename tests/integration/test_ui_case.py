@@ -4,8 +4,11 @@ optimistic lock and idempotency, replies through the outbox, delisting with a li
 from __future__ import annotations
 
 import email.policy
+import ipaddress
+import random
 import re
 from email.message import EmailMessage
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -36,6 +39,8 @@ from tmsi.models import (
     VerificationRun,
 )
 from tmsi.services import cases
+from tmsi.services.listings import find_overlapping_rows_many
+from tmsi.web import ui
 
 pytestmark = pytest.mark.integration
 
@@ -488,14 +493,17 @@ def test_each_target_lists_exactly_its_overlapping_active_listings(client, facto
     the active listings covering or inside it, in address order, and nothing of the other targets."""
     ref = make_case(
         factory,
-        targets=("198.51.100.0/28", "198.51.100.64/30", "2001:db8:7::/48", "192.0.2.9/32"),
+        targets=("198.51.100.0/28", "198.51.100.64/30", "2001:db8:7::/48", "192.0.2.9/32", "192.0.2.77/32"),
         listings=(
             "198.51.100.0/24",  # covers the first two targets
             "198.51.100.8/29",  # inside the first
             "198.51.100.4/30",  # inside the first, withdrawn below
+            "198.51.100.64/26",  # covers the second: a supernet that ends inside a byte
             "198.51.100.68/30",  # next to the second: no overlap
             "2001:db8::/32",  # covers the IPv6 target
+            "2001:db8:6::/47",  # covers it too, ending inside a byte
             "2001:db8:7:1::/64",  # inside it
+            "192.0.2.76/31",  # covers the last target, not the one before
         ),
     )
     with unit_of_work(factory) as db:
@@ -511,7 +519,38 @@ def test_each_target_lists_exactly_its_overlapping_active_listings(client, facto
     }
     assert shown == {
         "198.51.100.0/28": ["198.51.100.0/24", "198.51.100.8/29"],
-        "198.51.100.64/30": ["198.51.100.0/24"],
-        "2001:db8:7::/48": ["2001:db8::/32", "2001:db8:7:1::/64"],
+        "198.51.100.64/30": ["198.51.100.0/24", "198.51.100.64/26"],
+        "2001:db8:7::/48": ["2001:db8::/32", "2001:db8:6::/47", "2001:db8:7:1::/64"],
         "192.0.2.9/32": [],
+        "192.0.2.77/32": ["192.0.2.76/31"],
     }
+
+
+def test_case_page_listings_equal_the_overlap_look_up(factory):
+    """The case page reads its targets' listings with its other sections (PostgreSQL: the supernet keys
+    computed in SQL); for random nested listings and targets of every size it finds exactly what
+    find_overlapping_rows_many finds, in its order."""
+    rng = random.Random(7)
+    v4, v6 = ipaddress.ip_network("198.51.100.0/24"), ipaddress.ip_network("2001:db8:5::/48")
+
+    def random_net(base: Any, low: int, high: int) -> str:
+        plen = rng.randint(low, high)
+        host_bits = base.max_prefixlen - plen
+        offset = rng.randrange(base.num_addresses) >> host_bits << host_bits
+        return str(ipaddress.ip_network((int(base.network_address) + offset, plen)))
+
+    listed = {random_net(v4, 24, 32) for _ in range(40)} | {random_net(v6, 48, 128) for _ in range(40)}
+    targets = {random_net(v4, 24, 32) for _ in range(25)} | {random_net(v6, 48, 128) for _ in range(25)}
+    ref = make_case(factory, targets=tuple(sorted(targets)), listings=tuple(sorted(listed)))
+    with unit_of_work(factory) as db:
+        case_id = db.scalars(select(Case.id).where(Case.reference == ref)).one()
+        sections = ui._case_sections(db, case_id)
+        views = ui._targets_view(db, sections)
+        expected = find_overlapping_rows_many(db, [ipaddress.ip_network(t) for t in targets])
+    assert len(views) == len(targets)
+    with_listings = 0
+    for view in views:
+        shown = [(row.network, row.reason) for row in view["listings"]]
+        assert shown == [(row.network, row.reason) for row in expected[view["target"].network]]
+        with_listings += bool(shown)
+    assert with_listings >= 10  # the comparison covered targets with listings, not only empty ones

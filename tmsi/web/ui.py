@@ -38,10 +38,10 @@ from flask import (
 from flask_wtf.csrf import generate_csrf
 from jinja2.utils import htmlsafe_json_dumps
 from markupsafe import Markup, escape
-from sqlalchemy import BindParameter, bindparam, func, literal_column, select
+from sqlalchemy import JSON, BindParameter, Integer, bindparam, column, func, literal_column, select, text
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.dialects.postgresql import aggregate_order_by
-from sqlalchemy.orm import Session, aliased, selectinload
+from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.sql.visitors import replacement_traverse
 from werkzeug.utils import secure_filename
@@ -480,11 +480,11 @@ def _json_reader(statement: Any) -> Callable[[list[dict[str, Any]]], list[Any]]:
     names = [c.key for c in statement.selected_columns]
     row_type = namedtuple("_Row", names)  # type: ignore[misc]
     convert: dict[str, Callable[[Any], Any]] = {}
-    for column in statement.selected_columns:
-        if isinstance(column.type, UTCDateTime):
-            convert[column.key] = _utc_from_iso
-        elif isinstance(column.type, SAEnum) and column.type.enum_class is not None:
-            convert[column.key] = column.type.enum_class
+    for selected in statement.selected_columns:
+        if isinstance(selected.type, UTCDateTime):
+            convert[selected.key] = _utc_from_iso
+        elif isinstance(selected.type, SAEnum) and selected.type.enum_class is not None:
+            convert[selected.key] = selected.type.enum_class
 
     def read(items: list[dict[str, Any]]) -> list[Any]:
         rows = []
@@ -500,36 +500,87 @@ def _json_reader(statement: Any) -> Callable[[list[dict[str, Any]]], list[Any]]:
 
 # PostgreSQL: every section in one statement, one round trip (each statement costs more in the driver and
 # the server than its rows do). Elsewhere one statement per section.
-_ALL_SECTIONS = select(*(_json_section(stmt, order).label(name) for name, (stmt, order) in _SECTIONS.items()))
 _READERS = {name: _json_reader(stmt) for name, (stmt, _order) in _SECTIONS.items()}
 
 
-def _by_reference(element: Any, **_kw: Any) -> Any:
-    """The case's id found from ``:reference`` (an alias of cases, so that nothing correlates with the
-    outer case row), in place of the ``:case_id`` parameter."""
+# The outer case row's id, as a correlated reference: a literal column, because SQLAlchemy correlates
+# only the subqueries of the enclosing SELECT's own clauses, not derived tables nested within them (it
+# would add ``cases`` to their FROM). No section reads the cases table itself.
+_OUTER_CASE_ID = literal_column("cases.id", Integer)
+
+
+def _on_outer_case(element: Any, **_kw: Any) -> Any:
+    """The outer case row's id in place of the ``:case_id`` parameter."""
     if isinstance(element, BindParameter) and element.key == "case_id":
-        return _ID_BY_REFERENCE
+        return _OUTER_CASE_ID
     return None
 
 
-_REFERENCE: Any = bindparam("reference")
-_CASE_ALIAS = aliased(Case, name="ref_case")
-_ID_BY_REFERENCE = select(_CASE_ALIAS.id).where(_CASE_ALIAS.reference == _REFERENCE).scalar_subquery()
-# PostgreSQL: the case row and every section of its page in one statement, found by reference.
-_CASE_AND_SECTIONS = select(
+# PostgreSQL: the active listings that overlap each target of the case, as find_overlapping_rows finds
+# them: listings that start inside the target, and the CIDRs that contain it (CIDRs nest or are disjoint,
+# so each is the supernet of one prefix length: an index probe per length, its key computed here as the
+# target's start key with all but the first ``len`` bits cleared; one that starts where the target starts
+# is found by the first half). Ordered as the look-up orders them.
+_SUPERNET_KEY = (
+    "substring(t.start_key FROM 1 FOR p.len / 8)"
+    " || CASE WHEN mod(p.len, 8) = 0 THEN CAST('' AS bytea)"
+    " ELSE set_byte(CAST('\\x00' AS bytea), 0,"
+    " get_byte(t.start_key, p.len / 8) & (255 - ((1 << (8 - mod(p.len, 8))) - 1))) END"
+    " || substring(CAST('\\x" + "00" * 16 + "' AS bytea) FROM 1 FOR length(t.start_key) - (p.len + 7) / 8)"
+)
+_TARGET_LISTINGS = text(
+    f"""
+SELECT coalesce(json_agg(json_build_object('target_id', o.target_id, 'network', o.network,
+                                           'reason', o.reason)
+                         ORDER BY o.target_id, o.start_key, o.prefixlen), '[]'::json)
+FROM (
+    SELECT t.id AS target_id, l.network, l.reason, l.start_key, l.prefixlen
+    FROM case_targets AS t
+    CROSS JOIN LATERAL (
+        SELECT i.network, i.reason, i.start_key, i.prefixlen FROM listings AS i
+        WHERE i.version = t.version AND i.start_key BETWEEN t.start_key AND t.end_key AND i.active
+        UNION ALL
+        SELECT w.network, w.reason, w.start_key, w.prefixlen
+        FROM generate_series(0, t.prefixlen - 1) AS p(len)
+        JOIN listings AS w
+          ON w.version = t.version AND w.start_key = {_SUPERNET_KEY} AND w.prefixlen = p.len
+        WHERE w.start_key < t.start_key AND w.active
+    ) AS l
+    WHERE t.case_id = cases.id
+) AS o
+"""
+)
+_ListingRow = namedtuple("_ListingRow", ["target_id", "network", "reason"])
+
+
+def _read_listings(items: list[dict[str, Any]]) -> list[Any]:
+    return [_ListingRow(item["target_id"], item["network"], item["reason"]) for item in items]
+
+
+# PostgreSQL: the case row and every section of its page in one statement (each section a subquery
+# correlated with the case row), found by reference or by id.
+_CASE_WITH_SECTIONS = select(
     *_CASE_COLUMNS,
     *(
-        replacement_traverse(_json_section(stmt, order), {}, _by_reference).label(name)
+        replacement_traverse(_json_section(stmt, order), {}, _on_outer_case).label(name)
         for name, (stmt, order) in _SECTIONS.items()
     ),
-).where(Case.reference == _REFERENCE)
+    _TARGET_LISTINGS.columns(column("listings", JSON)).scalar_subquery().label("listings"),
+)
+_CASE_AND_SECTIONS = _CASE_WITH_SECTIONS.where(Case.reference == bindparam("reference"))
+_ALL_SECTIONS = _CASE_WITH_SECTIONS.where(Case.id == bindparam("case_id"))
+_READERS["listings"] = _read_listings
+
+
+def _sections_of(row: Any) -> dict[str, list[Any]]:
+    mapping = row._mapping
+    return {name: reader(mapping[name]) for name, reader in _READERS.items()}
 
 
 def _case_sections(db: Session, case_id: int) -> dict[str, list[Any]]:
     params = {"case_id": case_id}
     if db.get_bind().dialect.name == "postgresql":
-        row = db.execute(_ALL_SECTIONS, params).one()
-        return {name: _READERS[name](row._mapping[name]) for name in _SECTIONS}
+        return _sections_of(db.connection().execute(_ALL_SECTIONS, params).one())
     return {name: list(db.execute(stmt, params).all()) for name, (stmt, _order) in _SECTIONS.items()}
 
 
@@ -541,8 +592,7 @@ def _case_and_sections(db: Session, reference: str) -> tuple[Any, dict[str, list
     row = db.connection().execute(_CASE_AND_SECTIONS, {"reference": reference.upper()}).first()
     if row is None:
         abort(404, description=f"There is no case {reference}.")
-    mapping = row._mapping
-    return _CaseRow(*row[: len(_CASE_COLUMNS)]), {name: _READERS[name](mapping[name]) for name in _SECTIONS}
+    return _CaseRow(*row[: len(_CASE_COLUMNS)]), _sections_of(row)
 
 
 def _targets_view(db: Session, sections: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -553,10 +603,15 @@ def _targets_view(db: Session, sections: dict[str, list[Any]]) -> list[dict[str,
     for check in sections["checks"]:
         checks.setdefault(check.target_id, []).append(check)
     targets = sections["targets"]
-    networks = [ipaddress.ip_network(target.network) for target in targets]
-    listings = find_overlapping_rows_many(db, networks) if networks else {}
+    listings: dict[Any, list[Any]] = {}
+    if "listings" in sections:  # read with the sections (PostgreSQL)
+        for listing in sections["listings"]:
+            listings.setdefault(listing.target_id, []).append(listing)
+    elif targets:
+        by_network = find_overlapping_rows_many(db, [ipaddress.ip_network(t.network) for t in targets])
+        listings = {t.id: by_network[str(ipaddress.ip_network(t.network))] for t in targets}
     out = []
-    for target, network in zip(targets, networks, strict=True):
+    for target in targets:
         latest: dict[str, Any] = {}
         for check in checks.get(target.id, []):
             latest.setdefault(check.address, check)
@@ -564,7 +619,7 @@ def _targets_view(db: Session, sections: dict[str, list[Any]]) -> list[dict[str,
         out.append(
             {
                 "target": target,
-                "listings": listings.get(str(network), []),
+                "listings": listings.get(target.id, []),
                 "runs": target_runs,
                 "latest": list(latest.values()),
                 "history": checks.get(target.id, []),
