@@ -38,7 +38,18 @@ from flask import (
 from flask_wtf.csrf import generate_csrf
 from jinja2.utils import htmlsafe_json_dumps
 from markupsafe import Markup, escape
-from sqlalchemy import JSON, BindParameter, Integer, bindparam, column, func, literal_column, select, text
+from sqlalchemy import (
+    JSON,
+    BindParameter,
+    Integer,
+    bindparam,
+    column,
+    func,
+    literal_column,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session, selectinload
@@ -251,7 +262,8 @@ def queue() -> Any:
 
 _ASSIGNEES = (
     select(User.id, User.email)
-    .where(User.active.is_(True), User.role.in_(decide.ASSIGNABLE_ROLES))
+    # OR of equalities, not IN: an IN list is expanded into the SQL text on every execution.
+    .where(User.active.is_(True), or_(*(User.role == role for role in sorted(decide.ASSIGNABLE_ROLES))))
     .order_by(User.email)
 )
 
@@ -337,7 +349,6 @@ _CASE_COLUMNS = (
     Case.waiting_since,
     Case.lock_version,
 )
-_CaseRow = namedtuple("_CaseRow", [c.key for c in _CASE_COLUMNS])  # type: ignore[misc]
 _TARGET_COLUMNS = (
     CaseTarget.id,
     CaseTarget.network,
@@ -557,30 +568,43 @@ def _read_listings(items: list[dict[str, Any]]) -> list[Any]:
     return [_ListingRow(item["target_id"], item["network"], item["reason"]) for item in items]
 
 
-# PostgreSQL: the case row and every section of its page in one statement (each section a subquery
-# correlated with the case row), found by reference or by id.
+def _json_object(entries: dict[str, Any]) -> Any:
+    """``json_build_object`` of named values (the names are code constants, written as SQL literals)."""
+    args: list[Any] = []
+    for key, value in entries.items():
+        args += [literal_column(f"'{key}'"), value]
+    return func.json_build_object(*args)
+
+
+# PostgreSQL: the case row and every section of its page in one statement and one JSON value (each
+# section a subquery correlated with the case row), found by reference or by id. One column, because the
+# driver's cost per result column (its description, a JSON parse each) outweighed the rows.
 _CASE_WITH_SECTIONS = select(
-    *_CASE_COLUMNS,
-    *(
-        replacement_traverse(_json_section(stmt, order), {}, _on_outer_case).label(name)
-        for name, (stmt, order) in _SECTIONS.items()
-    ),
-    _TARGET_LISTINGS.columns(column("listings", JSON)).scalar_subquery().label("listings"),
+    _json_object(
+        {
+            "case": _json_object({c.key: c for c in _CASE_COLUMNS}),
+            **{
+                name: replacement_traverse(_json_section(stmt, order), {}, _on_outer_case)
+                for name, (stmt, order) in _SECTIONS.items()
+            },
+            "listings": _TARGET_LISTINGS.columns(column("listings", JSON)).scalar_subquery(),
+        }
+    ).label("page")
 )
 _CASE_AND_SECTIONS = _CASE_WITH_SECTIONS.where(Case.reference == bindparam("reference"))
 _ALL_SECTIONS = _CASE_WITH_SECTIONS.where(Case.id == bindparam("case_id"))
 _READERS["listings"] = _read_listings
+_read_case = _json_reader(select(*_CASE_COLUMNS))
 
 
-def _sections_of(row: Any) -> dict[str, list[Any]]:
-    mapping = row._mapping
-    return {name: reader(mapping[name]) for name, reader in _READERS.items()}
+def _sections_of(page: dict[str, Any]) -> dict[str, list[Any]]:
+    return {name: reader(page[name]) for name, reader in _READERS.items()}
 
 
 def _case_sections(db: Session, case_id: int) -> dict[str, list[Any]]:
     params = {"case_id": case_id}
     if db.get_bind().dialect.name == "postgresql":
-        return _sections_of(db.connection().execute(_ALL_SECTIONS, params).one())
+        return _sections_of(db.connection().execute(_ALL_SECTIONS, params).scalar_one())
     return {name: list(db.execute(stmt, params).all()) for name, (stmt, _order) in _SECTIONS.items()}
 
 
@@ -589,10 +613,10 @@ def _case_and_sections(db: Session, reference: str) -> tuple[Any, dict[str, list
     if db.get_bind().dialect.name != "postgresql":
         case = _case_row(db, reference)
         return case, _case_sections(db, case.id)
-    row = db.connection().execute(_CASE_AND_SECTIONS, {"reference": reference.upper()}).first()
-    if row is None:
+    page = db.connection().execute(_CASE_AND_SECTIONS, {"reference": reference.upper()}).scalar()
+    if page is None:
         abort(404, description=f"There is no case {reference}.")
-    return _CaseRow(*row[: len(_CASE_COLUMNS)]), _sections_of(row)
+    return _read_case([page["case"]])[0], _sections_of(page)
 
 
 def _targets_view(db: Session, sections: dict[str, list[Any]]) -> list[dict[str, Any]]:
