@@ -23,4 +23,10 @@ def init_extensions(app: Flask, settings: Settings) -> None:
     app.config.setdefault("WTF_CSRF_TIME_LIMIT", max(settings.session_idle_minutes, 1) * 60)
     app.config.setdefault("WTF_CSRF_SSL_STRICT", settings.session_cookie_secure)
     limiter.init_app(app)
+    # Flask-Limiter checks application-wide and default limits before every request. tmsi has none: each
+    # limit is on its view and checked by that view's decorator. So that check is dropped (it cost more
+    # than a page's security headers on every request); should such limits ever be configured, it stays.
+    manager = limiter.limit_manager
+    if not manager.application_limits and not manager.default_limits:
+        app.before_request_funcs[None].remove(limiter._check_request_limit)
     csrf.init_app(app)
