@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Engine, LargeBinary, MetaData, String, create_engine, event
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Connection,
+    DateTime,
+    Engine,
+    LargeBinary,
+    MetaData,
+    Select,
+    String,
+    create_engine,
+    event,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, mapped_column, sessionmaker
@@ -151,6 +163,40 @@ def _ping_after_idle(engine: Engine) -> None:
             if engine.dialect.is_disconnect(exc, dbapi_conn, None):
                 raise DisconnectionError(str(exc)) from exc  # the pool opens a new connection and retries
             raise
+
+
+class DriverQuery:
+    """A read statement that (nearly) every page runs, executed on PostgreSQL as SQL compiled once,
+    through the driver's own cursor: SQLAlchemy's work per execution (parameters, result metadata, row
+    objects) cost more than such a statement's whole round trip. Rows are the driver's tuples, JSON
+    already decoded and enums as their stored strings. Every value bound in it must reach the driver
+    as is (integers, strings); that is checked when it is compiled. Other databases run the statement
+    through SQLAlchemy as usual."""
+
+    def __init__(self, statement: Select[*tuple[Any, ...]]) -> None:
+        self.statement = statement
+        self._compiled: tuple[str, tuple[str, ...], Mapping[str, Any]] | None = None
+
+    def _compile(self, dialect: Any) -> tuple[str, tuple[str, ...], Mapping[str, Any]]:
+        compiled = self.statement.compile(dialect=dialect)
+        if compiled.positiontup is None or dialect.paramstyle != "numeric_dollar":
+            raise TypeError("DriverQuery needs positional $n parameters")
+        constants = compiled.construct_params(_check=False)
+        for name, value in constants.items():
+            if value is not None and type(value) not in (int, str):
+                raise TypeError(f"DriverQuery: {name}={value!r} would need SQLAlchemy's conversion")
+        self._compiled = (compiled.string, tuple(compiled.positiontup), constants)
+        return compiled.string, tuple(compiled.positiontup), constants
+
+    def first(self, connection: Connection, params: dict[str, Any]) -> Any:
+        """The first row of the statement on ``connection`` (None when there is none)."""
+        if connection.dialect.name != "postgresql":
+            return connection.execute(self.statement, params).first()
+        sql, names, constants = self._compiled or self._compile(connection.dialect)
+        values = tuple(params[name] if name in params else constants[name] for name in names)
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        return driver.execute(sql, values, prepare=True).fetchone()
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, bindparam, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from tmsi import db as tmsi_db
@@ -105,3 +105,40 @@ def test_dropped_idle_connection_is_replaced(small_engine: Engine, monkeypatch: 
     with small_engine.connect() as conn:
         new_pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
     assert new_pid != pid
+
+
+def test_driver_query_returns_what_sqlalchemy_returns(factory: sessionmaker[Session]) -> None:
+    """A DriverQuery gives the same row as the statement run through SQLAlchemy (on PostgreSQL as the
+    driver's tuple, enums as their stored values), constants bound in the statement included."""
+    with factory.begin() as db:
+        db.add(User(email="driver@example.test", name="Dri Ver", role=Role.LEAD, password_hash="h"))
+    statement = (
+        select(User.email, User.name, User.role, User.active, func.length(User.email) + 1)
+        .where(User.email == bindparam("email"), User.role != "auditor")
+        .limit(5)
+    )
+    query = tmsi_db.DriverQuery(statement)
+    reads = make_read_sessionmaker(factory.kw["bind"])
+    with reads() as db:
+        for _ in range(3):  # the compiled SQL is reused
+            row = query.first(db.connection(), {"email": "driver@example.test"})
+            assert tuple(row[:2]) == ("driver@example.test", "Dri Ver")
+            assert Role(row[2]) is Role.LEAD and row[3] is True and row[4] == len("driver@example.test") + 1
+        assert query.first(db.connection(), {"email": "nobody@example.test"}) is None
+        expected = db.execute(statement, {"email": "driver@example.test"}).one()
+    assert (row[0], row[1], Role(row[2]), row[3], row[4]) == tuple(expected)
+
+
+def test_driver_query_refuses_values_that_need_conversion(factory: sessionmaker[Session]) -> None:
+    """An enum bound in the statement would reach the driver unconverted (psycopg dumps an enum by
+    name): refused when the statement is compiled, instead of silently matching nothing."""
+    with factory.begin() as db:
+        db.add(User(email="lead@example.test", name="Lead", role=Role.LEAD, password_hash="h"))
+    query = tmsi_db.DriverQuery(select(User.email).where(User.role == Role.LEAD))
+    reads = make_read_sessionmaker(factory.kw["bind"])
+    with reads() as db:
+        if db.get_bind().dialect.name != "postgresql":  # elsewhere SQLAlchemy converts it
+            assert tuple(query.first(db.connection(), {})) == ("lead@example.test",)
+            return
+        with pytest.raises(TypeError, match="role_1"):
+            query.first(db.connection(), {})

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
 from tmsi.app import get_db, get_settings
-from tmsi.db import utcnow
+from tmsi.db import DriverQuery, utcnow
 from tmsi.models import Role, User
 from tmsi.services import audit, users
 from tmsi.web.extensions import limiter
@@ -106,9 +106,9 @@ def require_user() -> CurrentUser:
     return user
 
 
-def _password_tag(user: Any) -> str:
+def _password_tag(password_hash: str) -> str:
     # A password change (or reset) ends every session that signed in with the old one.
-    return hashlib.sha256(user.password_hash.encode()).hexdigest()[:16]
+    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
 
 
 def request_db() -> Session:
@@ -133,9 +133,11 @@ def _close_request_db(_exc: BaseException | None) -> None:
 # the session cookie on every request cost more than the rest of signing in. The idle limit is exact to
 # this step.
 SEEN_STEP = 60
-# Built once: only the id is bound per request.
-_SESSION_USER = select(User.id, User.email, User.name, User.role, User.active, User.password_hash).where(
-    User.id == bindparam("uid")
+# Built once (and on PostgreSQL compiled once): only the id is bound per request.
+_SESSION_USER = DriverQuery(
+    select(User.id, User.email, User.name, User.role, User.active, User.password_hash).where(
+        User.id == bindparam("uid")
+    )
 )
 
 
@@ -161,12 +163,15 @@ def _load_user() -> None:
         return
     # Every request reads the user afresh (one primary-key row): disabling a user, a role change or a
     # password reset takes effect on their very next request.
-    # Core execution on the session's connection: a read with nothing to flush, ~0.1 ms less Python.
-    row = request_db().connection().execute(_SESSION_USER, {"uid": uid}).first()
-    if row is None or not row.active or session.get("pwd") != _password_tag(row):
+    row = _SESSION_USER.first(request_db().connection(), {"uid": uid})
+    if row is None:
         session.clear()
         return
-    g.user = CurrentUser(row.id, row.email, row.name, row.role)
+    user_id, email, name, role, active, password_hash = row
+    if not active or session.get("pwd") != _password_tag(password_hash):
+        session.clear()
+        return
+    g.user = CurrentUser(user_id, email, name, Role(role))
     if now - int(session.get("seen", 0)) >= SEEN_STEP:
         session["seen"] = now  # and the cookie is sent again, with its expiry moved on
 
@@ -270,7 +275,7 @@ def login() -> Any:
             session.clear()  # no session fixation: a fresh session after sign-in
             session.permanent = True
             session["uid"] = user.id
-            session["pwd"] = _password_tag(user)
+            session["pwd"] = _password_tag(user.password_hash)
             session["seen"] = int(time.time())
     if not ok:
         return render_template(

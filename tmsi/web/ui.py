@@ -59,7 +59,7 @@ from sqlalchemy.sql.visitors import replacement_traverse
 from werkzeug.utils import secure_filename
 
 from tmsi.app import get_db, get_settings
-from tmsi.db import UTCDateTime, unit_of_work, utcnow
+from tmsi.db import DriverQuery, UTCDateTime, unit_of_work, utcnow
 from tmsi.models import (
     ApiToken,
     AuditEvent,
@@ -294,7 +294,7 @@ def queue() -> Any:
 _ASSIGNEES = (
     select(User.id, User.email)
     # OR of equalities, not IN: an IN list is expanded into the SQL text on every execution.
-    .where(User.active.is_(True), or_(*(User.role == role for role in sorted(decide.ASSIGNABLE_ROLES))))
+    .where(User.active.is_(True), or_(*(User.role == role.value for role in sorted(decide.ASSIGNABLE_ROLES))))
     .order_by(User.email)
 )
 
@@ -622,8 +622,8 @@ _CASE_WITH_SECTIONS = select(
         }
     ).label("page")
 )
-_CASE_AND_SECTIONS = _CASE_WITH_SECTIONS.where(Case.reference == bindparam("reference"))
-_ALL_SECTIONS = _CASE_WITH_SECTIONS.where(Case.id == bindparam("case_id"))
+_CASE_AND_SECTIONS = DriverQuery(_CASE_WITH_SECTIONS.where(Case.reference == bindparam("reference")))
+_ALL_SECTIONS = DriverQuery(_CASE_WITH_SECTIONS.where(Case.id == bindparam("case_id")))
 _READERS["listings"] = _read_listings
 _read_case = _json_reader(select(*_CASE_COLUMNS))
 
@@ -635,7 +635,7 @@ def _sections_of(page: dict[str, Any]) -> dict[str, list[Any]]:
 def _case_sections(db: Session, case_id: int) -> dict[str, list[Any]]:
     params = {"case_id": case_id}
     if db.get_bind().dialect.name == "postgresql":
-        return _sections_of(db.connection().execute(_ALL_SECTIONS, params).scalar_one())
+        return _sections_of(_ALL_SECTIONS.first(db.connection(), params)[0])
     return {name: list(db.execute(stmt, params).all()) for name, (stmt, _order) in _SECTIONS.items()}
 
 
@@ -644,9 +644,10 @@ def _case_and_sections(db: Session, reference: str) -> tuple[Any, dict[str, list
     if db.get_bind().dialect.name != "postgresql":
         case = _case_row(db, reference)
         return case, _case_sections(db, case.id)
-    page = db.connection().execute(_CASE_AND_SECTIONS, {"reference": reference.upper()}).scalar()
-    if page is None:
+    row = _CASE_AND_SECTIONS.first(db.connection(), {"reference": reference.upper()})
+    if row is None:
         abort(404, description=f"There is no case {reference}.")
+    page = row[0]
     return _read_case([page["case"]])[0], _sections_of(page)
 
 
