@@ -526,7 +526,9 @@ end
 def run_wrk(
     port: int, cookie: str, clients: int, seconds: int, cases: int, year: int, think: float
 ) -> tuple[int, float, float, float, float]:
-    """wrk (C, event loop) as the load generator: requests, median, p95, max (ms) and req/s."""
+    """wrk (C, event loop) as the load generator: requests, median, p95, max (ms) and req/s. All its
+    clients send ``cookie``; a fresh sign-in's cookie per run, because wrk never stores the cookie the
+    app sends again once a minute (as a browser does), and an old one is re-signed on every request."""
     script = ROOT / "instance" / "bench-ui" / "wrk.lua"
     script.parent.mkdir(parents=True, exist_ok=True)
     script.write_text(WRK_SCRIPT)
@@ -619,29 +621,32 @@ def measure_cpu(url: str, env: dict[str, str], cases: int, requests: int) -> lis
 
 
 def start_gunicorn(port: int, env: dict[str, str], workers: int, threads: int) -> subprocess.Popen[bytes]:
-    """gunicorn (gthread) on a loopback port, returned once it accepts connections."""
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-b",
-            f"127.0.0.1:{port}",
-            "-w",
-            str(workers),
-            "-k",
-            "gthread",
-            "--threads",
-            str(threads),
-            "--access-logfile",
-            "/dev/null",
-            "tmsi.wsgi:app",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    """gunicorn on a loopback port with the production settings (``tmsi.gunicorn_conf``: gthread, the
+    app's own access log at INFO, none of gunicorn's), returned once it accepts connections. Its log
+    goes to ``instance/bench-ui/gunicorn-<port>.log``."""
+    log_path = ROOT / "instance" / "bench-ui" / f"gunicorn-{port}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                "python:tmsi.gunicorn_conf",
+                "-b",
+                f"127.0.0.1:{port}",
+                "-w",
+                str(workers),
+                "--threads",
+                str(threads),
+                "tmsi.wsgi:app",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -650,9 +655,7 @@ def start_gunicorn(port: int, env: dict[str, str], workers: int, threads: int) -
         except OSError:
             if time.monotonic() > deadline or server.poll() is not None:
                 server.kill()
-                raise RuntimeError(
-                    "gunicorn did not start: " + (server.stderr.read().decode() if server.stderr else "")
-                ) from None
+                raise RuntimeError(f"gunicorn did not start:\n{log_path.read_text()[-3000:]}") from None
             time.sleep(0.2)
 
 
@@ -752,14 +755,14 @@ def main() -> None:
                             (
                                 f"queue page, default filter, page 1 ({label}{tag})",
                                 args.clients,
-                                run_wrk(port, cookie, args.clients, args.seconds, 0, year, think),
+                                run_wrk(port, sign_in(port), args.clients, args.seconds, 0, year, think),
                             )
                         )
                         wrk_rows.append(
                             (
                                 f"case page, random case ({label}{tag})",
                                 args.clients,
-                                run_wrk(port, cookie, args.clients, args.seconds, n, year, think),
+                                run_wrk(port, sign_in(port), args.clients, args.seconds, n, year, think),
                             )
                         )
             else:

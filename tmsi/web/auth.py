@@ -106,6 +106,7 @@ def require_user() -> CurrentUser:
     return user
 
 
+@functools.lru_cache(maxsize=1024)  # checked on every request: one hash per user and password
 def _password_tag(password_hash: str) -> str:
     # A password change (or reset) ends every session that signed in with the old one.
     return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
