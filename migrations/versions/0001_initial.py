@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-29 20:17:58.095439
+Create Date: 2026-11-30 04:54:41.149512
 """
 
 from collections.abc import Sequence
@@ -284,6 +284,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_cases_requester_email"), ["requester_email"], unique=False)
         batch_op.create_index(batch_op.f("ix_cases_status"), ["status"], unique=False)
         batch_op.create_index("ix_cases_status_waiting", ["status", "waiting_since"], unique=False)
+        batch_op.create_index("ix_cases_waiting", ["waiting_since", "id"], unique=False)
 
     op.create_table(
         "audit_events",
@@ -902,6 +903,7 @@ def downgrade() -> None:
 
     op.drop_table("audit_events")
     with op.batch_alter_table("cases", schema=None) as batch_op:
+        batch_op.drop_index("ix_cases_waiting")
         batch_op.drop_index("ix_cases_status_waiting")
         batch_op.drop_index(batch_op.f("ix_cases_status"))
         batch_op.drop_index(batch_op.f("ix_cases_requester_email"))
