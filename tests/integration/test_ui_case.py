@@ -554,3 +554,15 @@ def test_case_page_listings_equal_the_overlap_look_up(factory):
         assert shown == [(row.network, row.reason) for row in expected[view["target"].network]]
         with_listings += bool(shown)
     assert with_listings >= 10  # the comparison covered targets with listings, not only empty ones
+
+
+def test_every_form_of_the_case_page_has_its_own_idempotency_token(client, factory):
+    """One random draw per page, numbered per form: distinct within a page and across loads, and plain
+    tokens (kept as sent, not hashed)."""
+    ref = make_case(factory)
+    signed_in(client, factory, "analyst")
+    first = re.findall(r'name="idem" value="([^"]+)"', client.get(f"/cases/{ref}").text)
+    second = re.findall(r'name="idem" value="([^"]+)"', client.get(f"/cases/{ref}").text)
+    assert len(first) >= 7 and len(set(first)) == len(first)
+    assert not set(first) & set(second)
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{1,23}", token) for token in first + second)
