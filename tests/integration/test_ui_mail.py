@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from tests.integration import ingest_helpers as mail
 from tests.integration.ui_support import csrf_from, form_fields, make_case, signed_in
 from tmsi.db import unit_of_work
-from tmsi.models import AuditEvent, Case, Message, MessageStatus
+from tmsi.models import AuditEvent, Case, Message, MessageStatus, User
 from tmsi.services import ingest
 
 pytestmark = pytest.mark.integration
@@ -190,6 +190,7 @@ def test_reprocess_garbage_stays_quarantined_audited(client, factory, settings):
         event = db.scalar(select(AuditEvent).where(AuditEvent.action == "message.reprocessed"))
         assert event is not None and event.actor == email and event.object_id == str(message_id)
         assert event.object_type == "message" and event.detail["previous_reason"].startswith("cannot parse")
+        assert event.actor_id == db.scalar(select(User.id).where(User.email == email))
 
 
 def test_reprocess_opens_the_case_once(client, factory, settings, monkeypatch):

@@ -1043,9 +1043,11 @@ def reprocess_message(
     settings: Settings,
     *,
     actor: str = audit.SYSTEM,
+    actor_id: int | None = None,
     now: datetime | None = None,
 ) -> IngestResult:
-    """Run a quarantined message through the pipeline again (after a fix, or a person's decision)."""
+    """Run a quarantined message through the pipeline again (after a fix, or a person's decision);
+    ``actor_id`` is the signed-in user's id when a person asked for it."""
     now = now or utcnow()
     message = session.get(Message, message_id)
     if message is None:
@@ -1062,6 +1064,7 @@ def reprocess_message(
         session,
         action="message.reprocessed",
         actor=actor,
+        actor_id=actor_id,
         object_type="message",
         object_id=message.id,
         detail={"previous_reason": message.quarantine_reason or ""},

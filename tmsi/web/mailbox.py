@@ -153,7 +153,7 @@ def mail_reprocess(message_id: int) -> Any:
             flash(f"Message {message_id} is already {found.status.value}{where}: nothing done.", "info")
             return back
         try:
-            result = reprocess_message(db, message_id, get_settings(), actor=user.email)
+            result = reprocess_message(db, message_id, get_settings(), actor=user.email, actor_id=user.id)
         except ValueError as exc:  # the raw bytes were purged
             flash(f"Not done: {exc}", "error")
             return back
