@@ -766,11 +766,13 @@ def main() -> None:
                             )
                         )
             else:
-                queue = run_load(port, cookie, args.clients, args.requests, lambda r: "/cases", "queue-table")
+                queue = run_load(
+                    port, sign_in(port), args.clients, args.requests, lambda r: "/cases", "queue-table"
+                )
                 rows.append(("queue page (default filter, page 1)", args.clients, queue))
                 case = run_load(
                     port,
-                    cookie,
+                    sign_in(port),
                     args.clients,
                     args.requests,
                     lambda r: f"/cases/TMSI-{year}-{r.randrange(1, n + 1):06d}",
@@ -781,7 +783,7 @@ def main() -> None:
                     label = f"think {args.think:g} s"
                     queue = run_load(
                         port,
-                        cookie,
+                        sign_in(port),
                         args.clients,
                         args.requests,
                         lambda r: "/cases",
@@ -791,7 +793,7 @@ def main() -> None:
                     rows.append((f"queue page ({label})", args.clients, queue))
                     case = run_load(
                         port,
-                        cookie,
+                        sign_in(port),
                         args.clients,
                         args.requests,
                         lambda r: f"/cases/TMSI-{year}-{r.randrange(1, n + 1):06d}",
