@@ -14,6 +14,7 @@ BENCHMARKS = {
     "export_lookup": "zone export of 1,000,000 listings; public lookup vs rbldnsd throughput",
     "ui": "queue and case pages under 20 clients with 100,000 cases (PostgreSQL)",
     "sustained": "mail through Dovecot plus UI clients with two workers (PostgreSQL + Redis)",
+    "icount": "Python instructions per case/queue page under valgrind (needs bench.ui --keep's data)",
 }
 
 
