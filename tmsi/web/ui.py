@@ -115,13 +115,14 @@ def _form_token() -> str:
     return secrets.token_urlsafe(16)
 
 
-# The layout's links (style sheet, script, navigation): the same on every page of a deployment, so
-# built once per script root (the URL prefix a proxy mounts the app under) instead of a dozen url_for
-# calls per page.
+# The layout's links (style sheet, script, navigation) and the queue's: the same on every page of a
+# deployment, so built once per script root (the URL prefix a proxy mounts the app under) instead of a
+# dozen url_for calls per page.
 _LAYOUT_LINKS: dict[str, tuple[str, dict[str, Any]]] = {
     "css": ("ui.static", {"filename": "css/app.css"}),
     "js": ("ui.static", {"filename": "js/app.js"}),
     "queue": ("ui.queue", {}),
+    "bulk": ("ui.bulk", {}),
     "login": ("auth.login", {}),
     "logout": ("auth.logout", {}),
     "templates": ("ui.templates_list", {}),
