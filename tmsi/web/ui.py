@@ -670,8 +670,9 @@ def _targets_view(db: Session, sections: dict[str, list[Any]]) -> list[dict[str,
         for listing in sections["listings"]:
             listings.setdefault(listing.target_id, []).append(listing)
     elif targets:
-        by_network = find_overlapping_rows_many(db, [ipaddress.ip_network(t.network) for t in targets])
-        listings = {t.id: by_network[str(ipaddress.ip_network(t.network))] for t in targets}
+        networks = {t.id: ipaddress.ip_network(t.network) for t in targets}
+        by_network = find_overlapping_rows_many(db, list(networks.values()))
+        listings = {target_id: by_network[str(net)] for target_id, net in networks.items()}
     out = []
     for target in targets:
         latest: dict[str, Any] = {}
