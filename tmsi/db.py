@@ -185,8 +185,9 @@ class DriverQuery:
         for name, value in constants.items():
             if value is not None and type(value) not in (int, str):
                 raise TypeError(f"DriverQuery: {name}={value!r} would need SQLAlchemy's conversion")
-        self._compiled = (compiled.string, tuple(compiled.positiontup), constants)
-        return compiled.string, tuple(compiled.positiontup), constants
+        prepared = (compiled.string, tuple(compiled.positiontup), constants)
+        self._compiled = prepared
+        return prepared
 
     def first(self, connection: Connection, params: dict[str, Any]) -> Any:
         """The first row of the statement on ``connection`` (None when there is none)."""
