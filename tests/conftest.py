@@ -138,12 +138,13 @@ def settings(database_url: str, tmp_path: Path) -> Any:
 
 
 @pytest.fixture
-def app(settings: Any, factory: sessionmaker[Session]) -> Any:
+def app(settings: Any, factory: sessionmaker[Session]) -> Iterator[Any]:
     from tmsi import create_app
 
     application = create_app(settings)
     application.config.update(TESTING=True)
-    return application
+    yield application
+    application.extensions["tmsi.db"].dispose()  # both pools: no connections left to the GC
 
 
 @pytest.fixture

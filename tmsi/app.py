@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from flask import Flask, current_app
@@ -9,16 +10,32 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from tmsi.config import Settings, load_settings
-from tmsi.db import make_engine, make_read_sessionmaker, make_sessionmaker
+from tmsi.db import make_engine, make_read_engine, make_sessionmaker
 
 
 class Database:
-    """The engine and session factory of one app (also used by jobs and the CLI)."""
+    """The engines and session factories of one app (also used by jobs and the CLI): ``engine`` and
+    ``factory`` for transactions, ``read_engine`` and ``reads`` (made on first use) for work that only
+    reads, in autocommit on a pool of its own (``make_read_engine``)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.engine: Engine = make_engine(settings.database_url)
+        self.url = settings.database_url
+        self.engine: Engine = make_engine(self.url)
         self.factory: sessionmaker[Session] = make_sessionmaker(self.engine)
-        self.reads: sessionmaker[Session] = make_read_sessionmaker(self.engine)
+
+    @functools.cached_property
+    def read_engine(self) -> Engine:
+        return make_read_engine(self.url)
+
+    @functools.cached_property
+    def reads(self) -> sessionmaker[Session]:
+        return make_sessionmaker(self.read_engine)
+
+    def dispose(self) -> None:
+        """Close every pooled connection (of the read pool too, when it was made)."""
+        self.engine.dispose()
+        if "read_engine" in self.__dict__:
+            self.read_engine.dispose()
 
 
 def build_app(settings: Settings | dict[str, Any] | None = None) -> Flask:

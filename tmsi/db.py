@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeAlias
 
 from sqlalchemy import (
     JSON,
@@ -211,13 +211,24 @@ def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
-def make_read_sessionmaker(engine: Engine) -> sessionmaker[Session]:
-    """Sessions for pages that only read, on the same pool: autocommit, so no BEGIN and no COMMIT or
-    ROLLBACK round trips, and every statement sees the latest committed data.
+def make_read_engine(url: str, **kw: Any) -> Engine:
+    """The engine of work that only reads (pages, API reads): its own pool, whose connections are in
+    autocommit from the start. So no BEGIN and no COMMIT or ROLLBACK round trips, every statement sees
+    the latest committed data, and a checkout sets and resets nothing (an isolation level set per
+    checkout on the shared pool cost more than the checkout).
 
     It also keeps the statements prepared: psycopg forgets a connection's prepared statements on every
     ROLLBACK, which is how a plain session that only read ends, so such pages re-planned their
     statements on every request (planning the case page's statement costs more than running it).
-    Never write through these sessions: each statement would commit on its own.
+    Never write through it: each statement would commit on its own.
     """
-    return sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
+    return make_engine(url, isolation_level="AUTOCOMMIT", **kw)
+
+
+Reader: TypeAlias = Session | Connection
+"""What read-only code runs statements on: an ORM session, or (cheaper) a Core connection."""
+
+
+def dialect_name(db: Reader) -> str:
+    """The database's dialect name ("postgresql", "sqlite") for a session or a connection."""
+    return db.dialect.name if isinstance(db, Connection) else db.get_bind().dialect.name

@@ -1,5 +1,6 @@
-"""Engine and session setup: read sessions in autocommit keep psycopg's prepared statements, and pooled
-connections are pinged only after being idle, with a dropped connection replaced transparently."""
+"""Engine and session setup: the read engine's connections are in autocommit and keep psycopg's prepared
+statements, and pooled connections are pinged only after being idle, with a dropped connection replaced
+transparently."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sqlalchemy import Engine, bindparam, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from tmsi import db as tmsi_db
-from tmsi.db import make_engine, make_read_sessionmaker, make_sessionmaker
+from tmsi.db import make_engine, make_read_engine, make_sessionmaker
 from tmsi.models import Role, User
 
 
@@ -25,6 +26,15 @@ def small_engine(factory: sessionmaker[Session]) -> Iterator[Engine]:
     engine.dispose()
 
 
+@pytest.fixture
+def small_read_engine(factory: sessionmaker[Session]) -> Iterator[Engine]:
+    """A read engine (``make_read_engine``) on the test database with a pool of one connection."""
+    url = factory.kw["bind"].url
+    engine = make_read_engine(url.render_as_string(hide_password=False), pool_size=1, max_overflow=0)
+    yield engine
+    engine.dispose()
+
+
 def _postgresql_only(engine: Engine) -> None:
     if engine.dialect.name != "postgresql":
         pytest.skip("prepared statements and backend termination are PostgreSQL matters")
@@ -34,9 +44,9 @@ def _prepared(db: Session) -> int:
     return int(db.scalar(text("SELECT count(*) FROM pg_prepared_statements")) or 0)
 
 
-def test_read_sessions_keep_prepared_statements(small_engine: Engine) -> None:
+def test_read_sessions_keep_prepared_statements(small_engine: Engine, small_read_engine: Engine) -> None:
     _postgresql_only(small_engine)
-    reads = make_read_sessionmaker(small_engine)
+    reads = make_sessionmaker(small_read_engine)
     statement = select(func.count(User.id)).where(User.role == Role.LEAD)
     seen = []
     for _ in range(8):  # past psycopg's prepare threshold (5 executions of one statement)
@@ -46,16 +56,19 @@ def test_read_sessions_keep_prepared_statements(small_engine: Engine) -> None:
     assert seen[:5] == [0, 0, 0, 0, 0]
     assert seen[-1] >= 1, "prepared on the fifth use and kept by the following sessions"
     # A plain session that only reads ends with ROLLBACK, and psycopg then drops them: why reads
-    # go through the autocommit factory.
+    # go through the autocommit engine.
     plain = make_sessionmaker(small_engine)
+    for _ in range(8):
+        with plain() as db:
+            db.scalar(statement)
     with plain() as db:
-        db.scalar(statement)
-    with reads() as db:
         assert _prepared(db) == 0
 
 
-def test_read_sessions_run_outside_a_transaction(factory: sessionmaker[Session]) -> None:
-    reads = make_read_sessionmaker(factory.kw["bind"])
+def test_read_sessions_run_outside_a_transaction(
+    factory: sessionmaker[Session], small_read_engine: Engine
+) -> None:
+    reads = make_sessionmaker(small_read_engine)
     with factory.begin() as db:
         db.add(User(email="before@example.test", name="Before", role=Role.ANALYST, password_hash="x"))
     with reads() as db:
@@ -107,7 +120,9 @@ def test_dropped_idle_connection_is_replaced(small_engine: Engine, monkeypatch: 
     assert new_pid != pid
 
 
-def test_driver_query_returns_what_sqlalchemy_returns(factory: sessionmaker[Session]) -> None:
+def test_driver_query_returns_what_sqlalchemy_returns(
+    factory: sessionmaker[Session], small_read_engine: Engine
+) -> None:
     """A DriverQuery gives the same row as the statement run through SQLAlchemy (on PostgreSQL as the
     driver's tuple, enums as their stored values), constants bound in the statement included."""
     with factory.begin() as db:
@@ -118,7 +133,7 @@ def test_driver_query_returns_what_sqlalchemy_returns(factory: sessionmaker[Sess
         .limit(5)
     )
     query = tmsi_db.DriverQuery(statement)
-    reads = make_read_sessionmaker(factory.kw["bind"])
+    reads = make_sessionmaker(small_read_engine)
     with reads() as db:
         for _ in range(3):  # the compiled SQL is reused
             row = query.first(db.connection(), {"email": "driver@example.test"})
@@ -129,16 +144,45 @@ def test_driver_query_returns_what_sqlalchemy_returns(factory: sessionmaker[Sess
     assert (row[0], row[1], Role(row[2]), row[3], row[4]) == tuple(expected)
 
 
-def test_driver_query_refuses_values_that_need_conversion(factory: sessionmaker[Session]) -> None:
+def test_driver_query_refuses_values_that_need_conversion(
+    factory: sessionmaker[Session], small_read_engine: Engine
+) -> None:
     """An enum bound in the statement would reach the driver unconverted (psycopg dumps an enum by
     name): refused when the statement is compiled, instead of silently matching nothing."""
     with factory.begin() as db:
         db.add(User(email="lead@example.test", name="Lead", role=Role.LEAD, password_hash="h"))
     query = tmsi_db.DriverQuery(select(User.email).where(User.role == Role.LEAD))
-    reads = make_read_sessionmaker(factory.kw["bind"])
+    reads = make_sessionmaker(small_read_engine)
     with reads() as db:
         if db.get_bind().dialect.name != "postgresql":  # elsewhere SQLAlchemy converts it
             assert tuple(query.first(db.connection(), {})) == ("lead@example.test",)
             return
         with pytest.raises(TypeError, match="role_1"):
             query.first(db.connection(), {})
+
+
+def _autocommit(dbapi_connection: Any) -> bool:
+    driver = getattr(dbapi_connection, "driver_connection", dbapi_connection)
+    if hasattr(driver, "autocommit") and not hasattr(driver, "isolation_level"):
+        return bool(driver.autocommit)  # psycopg
+    return driver.isolation_level is None  # sqlite3: no implicit BEGIN
+
+
+def test_read_engine_connections_are_in_autocommit_from_the_start(small_read_engine: Engine) -> None:
+    """Set once when the connection is made, not per checkout: a checkout changes nothing."""
+    changes: list[Any] = []
+    original = small_read_engine.dialect.set_isolation_level
+
+    def counting(dbapi_conn: Any, level: Any) -> None:
+        changes.append(level)
+        original(dbapi_conn, level)
+
+    small_read_engine.dialect.set_isolation_level = counting  # type: ignore[method-assign]
+    try:
+        for _ in range(3):
+            with small_read_engine.connect() as conn:
+                assert _autocommit(conn.connection.dbapi_connection)
+                assert conn.execute(select(func.count(User.id))).scalar() == 0
+        assert len(changes) <= 1, changes  # at most once, when the pool's one connection was made
+    finally:
+        del small_read_engine.dialect.set_isolation_level

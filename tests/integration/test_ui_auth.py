@@ -171,7 +171,15 @@ def test_security_headers_on_pages(client, factory):
     assert "unsafe-inline" not in csp
     assert page.headers["X-Content-Type-Options"] == "nosniff"
     assert page.headers["Referrer-Policy"] == "same-origin"
+    assert page.headers["X-Frame-Options"] == "DENY"
+    assert page.headers["Cross-Origin-Opener-Policy"] == "same-origin"
+    assert "Cache-Control" not in page.headers  # signed out: nothing personal on the page
     assert "<script>" not in page.text and "onclick" not in page.text  # all JS comes from static files
+    signed_in(client, factory, "analyst")
+    queue = client.get("/cases")
+    assert queue.headers["Cache-Control"] == "no-store"  # signed in: never kept by a cache
+    for name in ("Content-Security-Policy", "X-Content-Type-Options", "Cache-Control", "X-Frame-Options"):
+        assert len(queue.headers.getlist(name)) == 1, name
 
 
 def _ui_and_api_routes(app):

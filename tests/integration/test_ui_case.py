@@ -124,6 +124,7 @@ def test_hostile_mail_never_runs(client, factory):
     frame = client.get(f"/cases/{ref}/messages/{message_id}/html")
     assert "<script" not in frame.text and "onerror" not in frame.text and "onclick" not in frame.text
     assert "javascript:" not in frame.text and "<p>hi</p>" in frame.text
+    assert len(frame.headers.getlist("Content-Security-Policy")) == 1  # its own, not the pages' too
     assert "sandbox" in frame.headers["Content-Security-Policy"]
     assert "default-src 'none'" in frame.headers["Content-Security-Policy"]
     # Attachment: listed by name (escaped), downloaded as opaque bytes with a safe file name.
@@ -566,3 +567,37 @@ def test_every_form_of_the_case_page_has_its_own_idempotency_token(client, facto
     assert len(first) >= 7 and len(set(first)) == len(first)
     assert not set(first) & set(second)
     assert all(re.fullmatch(r"[A-Za-z0-9_-]{1,23}", token) for token in first + second)
+
+
+def test_a_case_page_takes_one_read_connection_and_no_transaction(app, client, factory):
+    """Signing in and the page share the request's one read connection (the read engine's pool, in
+    autocommit); the transaction pool is not touched, and the connection goes back when the page ends."""
+    from sqlalchemy import event
+
+    from tmsi.app import Database
+
+    ref = make_case(factory)
+    signed_in(client, factory, "analyst")
+    database: Database = app.extensions["tmsi.db"]
+    checkouts = {"reads": 0, "writes": 0, "back": 0}
+
+    def counter(name: str) -> Any:
+        def count(*_args: Any) -> None:
+            checkouts[name] += 1
+
+        return count
+
+    listeners = [
+        (database.read_engine, "checkout", counter("reads")),
+        (database.read_engine, "checkin", counter("back")),
+        (database.engine, "checkout", counter("writes")),
+    ]
+    for engine, name, fn in listeners:
+        event.listen(engine, name, fn)
+    try:
+        page = client.get(f"/cases/{ref}")
+    finally:
+        for engine, name, fn in listeners:
+            event.remove(engine, name, fn)
+    assert page.status_code == 200 and ref in page.text
+    assert checkouts == {"reads": 1, "writes": 0, "back": 1}

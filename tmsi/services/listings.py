@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Integer, bindparam, column, insert, literal_column, select, text, union_all, update
 from sqlalchemy.orm import Session
 
-from tmsi.db import utcnow
+from tmsi.db import Reader, dialect_name, utcnow
 from tmsi.domain.listfile import Entry
 from tmsi.domain.networks import IPNetwork, collapse, first_last, network_keys, supernet_keys
 from tmsi.models import Coverage, Listing, ListingEvent, ListingEventKind
@@ -65,8 +65,8 @@ _OVERLAP = {
 _OVERLAP_ROWS = {flag: _overlap_statement(ROW_COLUMNS, flag) for flag in (True, False)}
 
 
-def _arrays(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
+def _arrays(session: Reader) -> bool:
+    return dialect_name(session) == "postgresql"
 
 
 def _overlap_params(network: IPNetwork) -> dict[str, Any]:
@@ -86,7 +86,7 @@ def find_overlapping(session: Session, network: IPNetwork, *, active_only: bool 
     return sorted(found.values(), key=lambda item: (item.start_key, item.prefixlen))
 
 
-def find_overlapping_rows(session: Session, network: IPNetwork, *, active_only: bool = True) -> list[Any]:
+def find_overlapping_rows(session: Reader, network: IPNetwork, *, active_only: bool = True) -> list[Any]:
     """As :func:`find_overlapping`, but read-only rows (``ROW_COLUMNS``): the fast path for look-ups."""
     stmt = _OVERLAP_ROWS[active_only]
     found = {row.id: row for row in session.execute(stmt, _overlap_params(network))}
@@ -169,7 +169,7 @@ def _unnest_params(networks: Sequence[IPNetwork]) -> dict[str, Any]:
     return {**params, "keys": keys}
 
 
-def find_overlapping_rows_many(session: Session, networks: Iterable[IPNetwork]) -> dict[str, list[Any]]:
+def find_overlapping_rows_many(session: Reader, networks: Iterable[IPNetwork]) -> dict[str, list[Any]]:
     """:func:`find_overlapping_rows` (active listings) for many networks, keyed by CIDR: one statement
     for up to :data:`UNNEST_CHUNK` networks on PostgreSQL (:data:`MANY_CHUNK` on SQLite). What ingest
     needs for a whole batch of mail, and the case page for its targets."""

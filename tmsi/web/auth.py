@@ -30,7 +30,7 @@ from flask import (
     url_for,
 )
 from flask_wtf.csrf import CSRFError
-from sqlalchemy import bindparam, select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
@@ -112,15 +112,25 @@ def _password_tag(password_hash: str) -> str:
     return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
 
 
-def request_db() -> Session:
-    """The request's read session, opened on first use and closed when the request ends.
+def request_db() -> Connection:
+    """The request's read connection, opened on first use and closed when the request ends.
 
     Signing the user in and a read-only page share it: one pooled connection per request instead of one
-    per step, in autocommit (``Database.reads``). Writes use their own ``unit_of_work``.
+    per step, in autocommit (``Database.read_engine``). A Core connection, not an ORM session: a session
+    around it cost more than the page's statement; :func:`request_session` gives one where a service
+    needs it. Writes use their own ``unit_of_work``.
     """
+    conn: Connection | None = g.get("_tmsi_read_conn")
+    if conn is None:
+        conn = g._tmsi_read_conn = get_db().read_engine.connect()
+    return conn
+
+
+def request_session() -> Session:
+    """An ORM session on the request's read connection (:func:`request_db`), for services that take one."""
     db: Session | None = g.get("_tmsi_read_db")
     if db is None:
-        db = g._tmsi_read_db = get_db().reads()
+        db = g._tmsi_read_db = Session(bind=request_db(), expire_on_commit=False)
     return db
 
 
@@ -128,6 +138,9 @@ def _close_request_db(_exc: BaseException | None) -> None:
     db: Session | None = g.pop("_tmsi_read_db", None)
     if db is not None:
         db.close()
+    conn: Connection | None = g.pop("_tmsi_read_conn", None)
+    if conn is not None:
+        conn.close()
 
 
 # The last-seen time (and the cookie's expiry) moves on at most once a minute: re-signing and re-sending
@@ -164,7 +177,7 @@ def _load_user() -> None:
         return
     # Every request reads the user afresh (one primary-key row): disabling a user, a role change or a
     # password reset takes effect on their very next request.
-    row = _SESSION_USER.first(request_db().connection(), {"uid": uid})
+    row = _SESSION_USER.first(request_db(), {"uid": uid})
     if row is None:
         session.clear()
         return
@@ -307,16 +320,26 @@ def logout() -> Any:
     return redirect(url_for("auth.login"))
 
 
+# Added to every response that does not set its own (the mail frame sets a stricter CSP).
+_SECURITY_HEADERS = (
+    ("Content-Security-Policy", CSP),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "same-origin"),
+    ("X-Frame-Options", "DENY"),
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+)
+_NO_STORE = ("Cache-Control", "no-store")
+
+
 def _security_headers(response: Any) -> Any:
     headers = response.headers
-    if "Content-Security-Policy" not in headers:
-        headers["Content-Security-Policy"] = CSP
-    headers.setdefault("X-Content-Type-Options", "nosniff")
-    headers.setdefault("Referrer-Policy", "same-origin")
-    headers.setdefault("X-Frame-Options", "DENY")
-    headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
-    if current_user() is not None:
-        headers.setdefault("Cache-Control", "no-store")
+    # One pass over what the view set, then appends: werkzeug's setdefault raises and catches a
+    # KeyError (an HTTP exception object) for every header that is missing, which is every one of them.
+    present = {name.lower() for name, _value in headers}
+    wanted = _SECURITY_HEADERS if current_user() is None else (*_SECURITY_HEADERS, _NO_STORE)
+    for name, value in wanted:
+        if name.lower() not in present:
+            headers.add(name, value)
     return response
 
 

@@ -43,6 +43,7 @@ from markupsafe import Markup, escape
 from sqlalchemy import (
     JSON,
     BindParameter,
+    Connection,
     Integer,
     bindparam,
     column,
@@ -60,7 +61,7 @@ from sqlalchemy.sql.visitors import replacement_traverse
 from werkzeug.utils import secure_filename
 
 from tmsi.app import get_db, get_settings
-from tmsi.db import DriverQuery, UTCDateTime, unit_of_work, utcnow
+from tmsi.db import DriverQuery, Reader, UTCDateTime, dialect_name, unit_of_work, utcnow
 from tmsi.models import (
     ApiToken,
     AuditEvent,
@@ -93,6 +94,7 @@ from tmsi.web.auth import (
     USER_ADMIN_ROLES,
     USER_READ_ROLES,
     request_db,
+    request_session,
     require_user,
     role_required,
 )
@@ -278,7 +280,7 @@ def queue() -> Any:
     except queue_svc.FilterError as exc:
         error = str(exc)
         flt = queue_svc.QueueFilter()
-    db = request_db()
+    db = request_session()
     table = _queue_table(db, flt, user.id)
     html = render_template(
         "ui/queue.html",
@@ -638,26 +640,30 @@ def _sections_of(page: dict[str, Any]) -> dict[str, list[Any]]:
     return {name: reader(page[name]) for name, reader in _READERS.items()}
 
 
-def _case_sections(db: Session, case_id: int) -> dict[str, list[Any]]:
+def _connection(db: Reader) -> Connection:
+    return db if isinstance(db, Connection) else db.connection()
+
+
+def _case_sections(db: Reader, case_id: int) -> dict[str, list[Any]]:
     params = {"case_id": case_id}
-    if db.get_bind().dialect.name == "postgresql":
-        return _sections_of(_ALL_SECTIONS.first(db.connection(), params)[0])
+    if dialect_name(db) == "postgresql":
+        return _sections_of(_ALL_SECTIONS.first(_connection(db), params)[0])
     return {name: list(db.execute(stmt, params).all()) for name, (stmt, _order) in _SECTIONS.items()}
 
 
-def _case_and_sections(db: Session, reference: str) -> tuple[Any, dict[str, list[Any]]]:
+def _case_and_sections(db: Reader, reference: str) -> tuple[Any, dict[str, list[Any]]]:
     """The case row (``_CASE_COLUMNS``) and its page's sections: one round trip on PostgreSQL."""
-    if db.get_bind().dialect.name != "postgresql":
+    if dialect_name(db) != "postgresql":
         case = _case_row(db, reference)
         return case, _case_sections(db, case.id)
-    row = _CASE_AND_SECTIONS.first(db.connection(), {"reference": reference.upper()})
+    row = _CASE_AND_SECTIONS.first(_connection(db), {"reference": reference.upper()})
     if row is None:
         abort(404, description=f"There is no case {reference}.")
     page = row[0]
     return _read_case([page["case"]])[0], _sections_of(page)
 
 
-def _targets_view(db: Session, sections: dict[str, list[Any]]) -> list[dict[str, Any]]:
+def _targets_view(db: Reader, sections: dict[str, list[Any]]) -> list[dict[str, Any]]:
     runs: dict[int, list[Any]] = {}
     checks: dict[int, list[Any]] = {}
     for run in sections["runs"]:
@@ -703,7 +709,7 @@ def _attachment_parts(raw: bytes) -> list[EmailMessage]:
     return parts
 
 
-def _attachment_names(db: Session, messages: Sequence[Any]) -> dict[int, list[str]]:
+def _attachment_names(db: Reader, messages: Sequence[Any]) -> dict[int, list[str]]:
     """Download names of the attachments, in the order of the download links (the parts of the raw
     mail; the recorded list when the raw mail was purged). Raw bytes are read only for messages that
     have attachments."""
@@ -727,7 +733,7 @@ def _attachment_names(db: Session, messages: Sequence[Any]) -> dict[int, list[st
     return out
 
 
-def _case_row(db: Session, reference: str) -> Any:
+def _case_row(db: Reader, reference: str) -> Any:
     row = db.execute(_CASE_BY_REFERENCE, {"reference": reference.upper()}).first()
     if row is None:
         abort(404, description=f"There is no case {reference}.")
@@ -735,7 +741,7 @@ def _case_row(db: Session, reference: str) -> Any:
 
 
 def _case_context(
-    db: Session, case: Any, sections: dict[str, list[Any]] | None = None, **extra: Any
+    db: Reader, case: Any, sections: dict[str, list[Any]] | None = None, **extra: Any
 ) -> dict[str, Any]:
     """Everything the case page shows; ``case`` is the ORM case or a row of ``_CASE_COLUMNS`` (and
     ``sections`` its sections when already read)."""
@@ -807,9 +813,9 @@ def case_page(reference: str) -> Any:
             compose = _compose(db, case, key)
             db.commit()
             return render_template("ui/case.html", **_case_context(db, case, compose=compose))
-    db = request_db()
-    case, sections = _case_and_sections(db, reference)
-    return render_template("ui/case.html", **_case_context(db, case, sections))
+    conn = request_db()
+    case, sections = _case_and_sections(conn, reference)
+    return render_template("ui/case.html", **_case_context(conn, case, sections))
 
 
 @bp.get("/cases/<reference>/progress.json")
