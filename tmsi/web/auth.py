@@ -39,6 +39,7 @@ from tmsi.db import DriverQuery, utcnow
 from tmsi.models import Role, User
 from tmsi.services import audit, users
 from tmsi.web.extensions import limiter
+from tmsi.web.sessions import VerifiedCookieSessions
 
 bp = Blueprint("auth", __name__)
 
@@ -359,6 +360,7 @@ def init_auth(app: Flask) -> None:
         PERMANENT_SESSION_LIFETIME=timedelta(minutes=settings.session_idle_minutes),
         SESSION_REFRESH_EACH_REQUEST=False,  # sent again when changed: on sign-in, every SEEN_STEP
     )
+    app.session_interface = VerifiedCookieSessions()
     app.before_request(_load_user)
     app.teardown_request(_close_request_db)
     app.after_request(_security_headers)
