@@ -29,7 +29,7 @@ from flask import (
     session,
     url_for,
 )
-from flask_wtf.csrf import CSRFError
+from flask_wtf.csrf import CSRFError, generate_csrf
 from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
@@ -292,6 +292,10 @@ def login() -> Any:
             session["uid"] = user.id
             session["pwd"] = _password_tag(user.password_hash)
             session["seen"] = int(time.time())
+            # The forms' CSRF secret goes into this same cookie, so the first page's forms do not
+            # change the session (and make the app sign and send a new cookie) again.
+            g.pop("csrf_token", None)
+            generate_csrf()
     if not ok:
         return render_template(
             "ui/login.html", next=next_url, email=email, error="Unknown e-mail address or wrong password."
