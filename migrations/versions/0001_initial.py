@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-30 04:54:41.149512
+Create Date: 2026-11-30 07:27:08.093068
 """
 
 from collections.abc import Sequence
@@ -79,6 +79,13 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_listings")),
     )
     with op.batch_alter_table("listings", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_listings_active_prefixlen",
+            ["version", "prefixlen"],
+            unique=False,
+            sqlite_where=sa.text("active"),
+            postgresql_where=sa.text("active"),
+        )
         batch_op.create_index("ix_listings_active_start", ["version", "start_key", "prefixlen"], unique=False)
         batch_op.create_index(batch_op.f("ix_listings_parent_id"), ["parent_id"], unique=False)
         batch_op.create_index(
@@ -926,6 +933,9 @@ def downgrade() -> None:
         )
         batch_op.drop_index(batch_op.f("ix_listings_parent_id"))
         batch_op.drop_index("ix_listings_active_start")
+        batch_op.drop_index(
+            "ix_listings_active_prefixlen", sqlite_where=sa.text("active"), postgresql_where=sa.text("active")
+        )
 
     op.drop_table("listings")
     op.drop_table("job_locks")

@@ -527,6 +527,29 @@ def test_each_target_lists_exactly_its_overlapping_active_listings(client, facto
     }
 
 
+def test_covering_listings_of_the_shortest_length_and_a_version_with_none(client, factory):
+    """Covering CIDRs are probed from the shortest active listing's length on: one of exactly that length
+    is found, a withdrawn shorter one neither counts nor shows, and a version with no listings at all
+    shows none (the shortest length is then unknown)."""
+    ref = make_case(
+        factory,
+        targets=("203.0.113.77/32", "2001:db8:9::/48"),
+        listings=("203.0.113.0/24", "203.0.113.64/26", "192.0.0.0/8", "198.51.100.0/24"),
+    )
+    with unit_of_work(factory) as db:
+        withdrawn = db.scalars(select(Listing).where(Listing.network == "192.0.0.0/8")).one()
+        withdrawn.active = False
+    signed_in(client, factory, "analyst")
+    html = client.get(f"/cases/{ref}").text
+    shown = {
+        network: re.findall(r"<li>(\S+) — ", cell)
+        for network, cell in re.findall(
+            r'<td class="network">(\S+?)(?:<| ).*?<td class="coverage">(.*?)</td>', html, re.S
+        )
+    }
+    assert shown == {"203.0.113.77/32": ["203.0.113.0/24", "203.0.113.64/26"], "2001:db8:9::/48": []}
+
+
 def test_case_page_listings_equal_the_overlap_look_up(factory):
     """The case page reads its targets' listings with its other sections (PostgreSQL: the supernet keys
     computed in SQL); for random nested listings and targets of every size it finds exactly what

@@ -21,6 +21,15 @@ class Listing(Base):
         CheckConstraint("version IN (4, 6)", name="version"),
         CheckConstraint("prefixlen >= 0 AND prefixlen <= 128", name="prefixlen"),
         Index("ix_listings_active_start", "version", "start_key", "prefixlen"),
+        # The shortest active prefix per version (one index probe): the case page probes for a target's
+        # covering CIDRs only from that length on (see tmsi.web.ui._TARGET_LISTINGS).
+        Index(
+            "ix_listings_active_prefixlen",
+            "version",
+            "prefixlen",
+            sqlite_where=text("active"),
+            postgresql_where=text("active"),
+        ),
         Index(
             "uq_listings_active_network",
             "network",

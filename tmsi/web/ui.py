@@ -571,7 +571,9 @@ def _on_outer_case(element: Any, **_kw: Any) -> Any:
 # them: listings that start inside the target, and the CIDRs that contain it (CIDRs nest or are disjoint,
 # so each is the supernet of one prefix length: an index probe per length, its key computed here as the
 # target's start key with all but the first ``len`` bits cleared; one that starts where the target starts
-# is found by the first half). Ordered as the look-up orders them.
+# is found by the first half). Only lengths from the shortest active listing's on are probed (a DUL lists
+# /24s and longer, not /3s: a quarter of the probes for an IPv4 address). Ordered as the look-up orders
+# them.
 _SUPERNET_KEY = (
     "substring(t.start_key FROM 1 FOR p.len / 8)"
     " || CASE WHEN mod(p.len, 8) = 0 THEN CAST('' AS bytea)"
@@ -592,7 +594,10 @@ FROM (
         WHERE i.version = t.version AND i.start_key BETWEEN t.start_key AND t.end_key AND i.active
         UNION ALL
         SELECT w.network, w.reason, w.start_key, w.prefixlen
-        FROM generate_series(0, t.prefixlen - 1) AS p(len)
+        FROM generate_series(
+            (SELECT min(m.prefixlen) FROM listings AS m WHERE m.version = t.version AND m.active),
+            t.prefixlen - 1
+        ) AS p(len)
         JOIN listings AS w
           ON w.version = t.version AND w.start_key = {_SUPERNET_KEY} AND w.prefixlen = p.len
         WHERE w.start_key < t.start_key AND w.active
