@@ -20,12 +20,13 @@ class Database:
 
     def __init__(self, settings: Settings) -> None:
         self.url = settings.database_url
-        self.engine: Engine = make_engine(self.url)
+        self.pool_size = settings.db_pool_size
+        self.engine: Engine = make_engine(self.url, pool_size=self.pool_size)
         self.factory: sessionmaker[Session] = make_sessionmaker(self.engine)
 
     @functools.cached_property
     def read_engine(self) -> Engine:
-        return make_read_engine(self.url)
+        return make_read_engine(self.url, pool_size=self.pool_size)
 
     @functools.cached_property
     def reads(self) -> sessionmaker[Session]:

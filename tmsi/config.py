@@ -142,6 +142,13 @@ class Settings(BaseSettings):
     huey_storage: Literal["sqlite", "redis", "memory"] = "sqlite"
     session_idle_minutes: int = 60
     session_cookie_secure: bool = False
+    db_pool_size: int = Field(
+        5,
+        ge=1,
+        le=200,
+        description="database connections each pool keeps per process: at least the process's threads "
+        "(TMSI_WEB_THREADS for gunicorn); requests beyond it open and close a connection each",
+    )
     queue_cache_seconds: float = Field(
         2.0, ge=0, le=2, description="reuse a rendered queue table this long (per process); 0: never"
     )

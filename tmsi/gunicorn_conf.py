@@ -33,3 +33,11 @@ def on_starting(server: Any) -> None:
         print(f"tmsi: {exc}", file=sys.stderr)
         os._exit(2)
     configure_logging(settings.log_level, settings.log_json)
+    if threads > settings.db_pool_size:
+        server.log.warning(
+            "TMSI_WEB_THREADS=%d is more than TMSI_DB_POOL_SIZE=%d: requests beyond %d at once will open "
+            "and close a database connection each; raise TMSI_DB_POOL_SIZE",
+            threads,
+            settings.db_pool_size,
+            settings.db_pool_size,
+        )

@@ -237,7 +237,9 @@ class Runtime:
             return self._factory
         with self._lock:
             if self._factory is None or self._pid not in (0, os.getpid()):
-                self._factory = make_sessionmaker(make_engine(self.settings.database_url))
+                self._factory = make_sessionmaker(
+                    make_engine(self.settings.database_url, pool_size=self.settings.db_pool_size)
+                )
                 self._pid = os.getpid()
         return self._factory
 
