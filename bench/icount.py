@@ -7,21 +7,33 @@ warming up, once also serving N pages; the difference over N is the app's Python
 (the PostgreSQL backend is another process and is not counted). Needs valgrind (Debian: ``apt-get install
 valgrind``); takes a few minutes per page kind. Usage:
 
-    python -m bench.icount [--db tmsi_bench_ui] [--pages case,queue] [--requests 200]
+    python -m bench.icount [--db tmsi_bench_ui] [--pages case,queue] [--requests 200] [--http]
+
+``--http`` counts the case page's production path instead: one gunicorn worker (``tmsi.gunicorn_conf``:
+gthread, its threads, the app's access log) under callgrind, serving the pages over HTTP to one
+keep-alive client that keeps the sign-in cookie as wrk does. It adds gunicorn, the WSGI request and
+response, and the session cookie as a client really sends it, which the test client does not show; it
+still leaves out what 20 concurrent clients add (thread switches). About ten minutes.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import random
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 import uuid
+from pathlib import Path
 
-from bench.ui import PASSWORD, PG_BASE, ROOT
+from bench.ui import PASSWORD, PG_BASE, ROOT, Client, free_port, sign_in
 
 PAGES = {"case": "a random case page", "queue": "the queue page, default filter, from its caches"}
 
@@ -50,13 +62,8 @@ def child(db: str, page: str, requests: int) -> None:
     assert token, "no CSRF token on /login"
     form = {"email": "bench@example.test", "password": PASSWORD, "csrf_token": token.group(1)}
     assert client.post("/login", data=form).status_code == 302, "sign-in failed: load with bench.ui --keep"
-    rng = random.Random(5)
     year = int(re.search(r"TMSI-(\d{4})-", client.get("/cases").get_data(as_text=True)).group(1))  # type: ignore[union-attr]
-    paths = [
-        f"/cases/TMSI-{year}-{rng.randrange(1, 100_001):06d}" if page == "case" else "/cases"
-        for _ in range(50 + requests)
-    ]
-    for path in paths:
+    for path in _paths(page, 50 + requests, year):
         assert client.get(path).status_code == 200, path
 
 
@@ -88,6 +95,79 @@ def count(db: str, page: str, requests: int) -> int:
     return int(found.group(1))
 
 
+def _paths(page: str, count: int, year: int) -> list[str]:
+    rng = random.Random(5)
+    return [
+        f"/cases/TMSI-{year}-{rng.randrange(1, 100_001):06d}" if page == "case" else "/cases"
+        for _ in range(count)
+    ]
+
+
+def count_http(db: str, page: str, requests: int) -> int:
+    """Instructions of one gunicorn worker that signed a client in and served it 50 + ``requests`` pages."""
+    port = free_port()
+    out = Path(tempfile.mkdtemp(prefix="tmsi-icount-"))
+    env = dict(
+        os.environ,
+        TMSI_DATABASE_URL=f"{PG_BASE}/{db}",
+        TMSI_SECRET_KEY=uuid.uuid4().hex,
+        TMSI_ENVIRONMENT="production",
+        TMSI_HUEY_STORAGE="memory",
+        TMSI_INSTANCE_PATH=str(ROOT / "instance" / "bench-ui"),
+    )
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        f"--callgrind-out-file={out}/callgrind.%p",
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        "python:tmsi.gunicorn_conf",
+        "-b",
+        f"127.0.0.1:{port}",
+        "-w",
+        "1",
+        "--timeout",
+        "900",
+        "--graceful-timeout",
+        "900",
+        "tmsi.wsgi:app",
+    ]
+    with (out / "gunicorn.log").open("wb") as log:
+        server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError((out / "gunicorn.log").read_text()[-3000:]) from None
+                time.sleep(1)
+        # The port opens before the worker has imported the app (a minute or two under valgrind).
+        ready = http.client.HTTPConnection("127.0.0.1", port, timeout=900)
+        ready.request("GET", "/healthz")
+        assert ready.getresponse().status == 200
+        ready.close()
+        client = Client(port, sign_in(port))
+        year = int(re.search(r"TMSI-(\d{4})-", client.request("GET", "/cases")[2]).group(1))  # type: ignore[union-attr]
+        for path in _paths(page, 50 + requests, year):
+            status = client.request("GET", path)[0]
+            assert status == 200, (path, status)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(900)
+    workers = [f for f in out.glob("callgrind.*") if f.name != f"callgrind.{server.pid}"]
+    if len(workers) != 1:
+        raise RuntimeError(f"expected one worker's callgrind file in {out}, found {workers}")
+    found = re.search(r"^(?:totals|summary): (\d+)", workers[0].read_text(), re.M)
+    if found is None:
+        raise RuntimeError(f"no totals in {workers[0]}")
+    return int(found.group(1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -95,6 +175,7 @@ def main() -> None:
     parser.add_argument("--db", default="tmsi_bench_ui")
     parser.add_argument("--pages", default="case,queue", help=f"comma-separated, of: {', '.join(PAGES)}")
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--http", action="store_true", help="through one gunicorn worker, over HTTP")
     parser.add_argument("--child", choices=list(PAGES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -102,10 +183,15 @@ def main() -> None:
         return
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (Debian: apt-get install valgrind)")
-    print(f"| page ({args.requests} requests, in-process) | Python instructions per page |")
+    where = "one gunicorn worker, over HTTP" if args.http else "in-process"
+    print(f"| page ({args.requests} requests, {where}) | Python instructions per page |")
     print("|---|---|")
+    measure = count_http if args.http else count
+    if args.http and args.pages != "case":
+        # The queue's caches (at most 2 s) would expire every few pages under valgrind.
+        sys.exit("--http measures the case page only (--pages case)")
     for page in args.pages.split(","):
-        base, loaded = count(args.db, page, 0), count(args.db, page, args.requests)
+        base, loaded = measure(args.db, page, 0), measure(args.db, page, args.requests)
         print(f"| {PAGES[page]} | {(loaded - base) / args.requests / 1e6:.2f} M |", flush=True)
 
 
