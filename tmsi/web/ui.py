@@ -11,6 +11,7 @@ import email
 import email.policy
 import ipaddress
 import itertools
+import operator
 import secrets
 import time
 from collections import namedtuple
@@ -537,14 +538,17 @@ def _json_reader(statement: Any) -> Callable[[list[dict[str, Any]]], list[Any]]:
         elif isinstance(selected.type, SAEnum) and selected.type.enum_class is not None:
             convert[selected.key] = selected.type.enum_class
 
+    conversions = tuple(convert.items())
+    values = operator.itemgetter(*names) if len(names) > 1 else lambda item: (item[names[0]],)
+    make = row_type._make
+
     def read(items: list[dict[str, Any]]) -> list[Any]:
-        rows = []
         for item in items:
-            for key, to_type in convert.items():
-                if item[key] is not None:
-                    item[key] = to_type(item[key])
-            rows.append(row_type(*(item[name] for name in names)))
-        return rows
+            for key, to_type in conversions:
+                value = item[key]
+                if value is not None:
+                    item[key] = to_type(value)
+        return [make(values(item)) for item in items]
 
     return read
 
