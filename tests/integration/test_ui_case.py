@@ -624,3 +624,30 @@ def test_a_case_page_takes_one_read_connection_and_no_transaction(app, client, f
             event.remove(engine, name, fn)
     assert page.status_code == 200 and ref in page.text
     assert checkouts == {"reads": 1, "writes": 0, "back": 1}
+
+
+def test_the_action_menus_list_assignees_templates_and_resolutions_escaped(client, factory):
+    """The assignee, reply-template and resolution menus (rendered once per distinct list and choice in a
+    process): every active assignable user and stored template, hostile titles escaped, the template
+    being composed selected."""
+    from tmsi.models import ReplyTemplate
+    from tmsi.services import replies
+
+    ref = make_case(factory)
+    email = signed_in(client, factory, "analyst")
+    with unit_of_work(factory) as db:
+        replies.ensure_templates(db)
+        db.scalars(select(ReplyTemplate).where(ReplyTemplate.key == "rejected")).one().title = HOSTILE
+    with factory() as db:
+        keys = sorted(db.scalars(select(ReplyTemplate.key)))
+    page = client.get(f"/cases/{ref}").text
+    assign = page[page.index('id="assign-select"') : page.index("</select>", page.index('id="assign-select"'))]
+    assert f">{email}</option>" in assign and 'value="me"' in assign
+    menu = page[page.index('id="reply-template"') : page.index("</select>", page.index('id="reply-template"'))]
+    assert re.findall(r'<option value="([^"]+)"', menu) == keys
+    assert "<script>" not in menu and "&lt;script&gt;" in menu and " selected" not in menu
+    close = page[page.index('name="resolution"') : page.index("</select>", page.index('name="resolution"'))]
+    assert re.findall(r'<option value="([^"]*)"', close) == ["", *(r.value for r in Resolution)]
+    composing = client.get(f"/cases/{ref}?reply=delisted").text
+    menu = composing[composing.index('id="reply-template"') :]
+    assert '<option value="delisted" selected>' in menu[: menu.index("</select>")]
