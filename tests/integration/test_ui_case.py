@@ -641,12 +641,17 @@ def test_the_action_menus_list_assignees_templates_and_resolutions_escaped(clien
     with factory() as db:
         keys = sorted(db.scalars(select(ReplyTemplate.key)))
     page = client.get(f"/cases/{ref}").text
-    assign = page[page.index('id="assign-select"') : page.index("</select>", page.index('id="assign-select"'))]
+
+    def select_menu(marker: str) -> str:
+        start = page.index(marker)
+        return page[start : page.index("</select>", start)]
+
+    assign = select_menu('id="assign-select"')
     assert f">{email}</option>" in assign and 'value="me"' in assign
-    menu = page[page.index('id="reply-template"') : page.index("</select>", page.index('id="reply-template"'))]
+    menu = select_menu('id="reply-template"')
     assert re.findall(r'<option value="([^"]+)"', menu) == keys
     assert "<script>" not in menu and "&lt;script&gt;" in menu and " selected" not in menu
-    close = page[page.index('name="resolution"') : page.index("</select>", page.index('name="resolution"'))]
+    close = select_menu('name="resolution"')
     assert re.findall(r'<option value="([^"]*)"', close) == ["", *(r.value for r in Resolution)]
     composing = client.get(f"/cases/{ref}?reply=delisted").text
     menu = composing[composing.index('id="reply-template"') :]
