@@ -25,31 +25,29 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import uuid
 from pathlib import Path
 
-from bench.ui import PASSWORD, PG_BASE, ROOT, Client, free_port, sign_in
+from bench.ui import (
+    PASSWORD,
+    PG_BASE,
+    ROOT,
+    Client,
+    app_env,
+    free_port,
+    gunicorn_command,
+    sign_in,
+    wait_for_port,
+)
 
 PAGES = {"case": "a random case page", "queue": "the queue page, default filter, from its caches"}
 
 
 def child(db: str, page: str, requests: int) -> None:
     """Sign in, warm up, then serve ``requests`` pages (run under valgrind by :func:`count`)."""
-    os.environ.update(
-        {
-            "TMSI_DATABASE_URL": f"{PG_BASE}/{db}",
-            "TMSI_SECRET_KEY": uuid.uuid4().hex,
-            "TMSI_ENVIRONMENT": "production",
-            "TMSI_HUEY_STORAGE": "memory",
-            "TMSI_INSTANCE_PATH": str(ROOT / "instance" / "bench-ui"),
-            "TMSI_LOG_LEVEL": "WARNING",
-        }
-    )
+    os.environ.update(app_env(f"{PG_BASE}/{db}"), TMSI_LOG_LEVEL="WARNING")
     from tmsi import create_app
 
     app = create_app()
@@ -107,45 +105,18 @@ def count_http(db: str, page: str, requests: int) -> int:
     """Instructions of one gunicorn worker that signed a client in and served it 50 + ``requests`` pages."""
     port = free_port()
     out = Path(tempfile.mkdtemp(prefix="tmsi-icount-"))
-    env = dict(
-        os.environ,
-        TMSI_DATABASE_URL=f"{PG_BASE}/{db}",
-        TMSI_SECRET_KEY=uuid.uuid4().hex,
-        TMSI_ENVIRONMENT="production",
-        TMSI_HUEY_STORAGE="memory",
-        TMSI_INSTANCE_PATH=str(ROOT / "instance" / "bench-ui"),
-    )
+    env = dict(os.environ, **app_env(f"{PG_BASE}/{db}"))
     command = [
         "valgrind",
         "--tool=callgrind",
         f"--callgrind-out-file={out}/callgrind.%p",
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "-c",
-        "python:tmsi.gunicorn_conf",
-        "-b",
-        f"127.0.0.1:{port}",
-        "-w",
-        "1",
-        "--timeout",
-        "900",
-        "--graceful-timeout",
-        "900",
-        "tmsi.wsgi:app",
+        *gunicorn_command(port, "-w", "1", "--timeout", "900", "--graceful-timeout", "900"),
     ]
-    with (out / "gunicorn.log").open("wb") as log:
+    log_path = out / "gunicorn.log"
+    with log_path.open("wb") as log:
         server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError((out / "gunicorn.log").read_text()[-3000:]) from None
-                time.sleep(1)
+        wait_for_port(port, server, 600, log_path)
         # The port opens before the worker has imported the app (a minute or two under valgrind).
         ready = http.client.HTTPConnection("127.0.0.1", port, timeout=900)
         ready.request("GET", "/healthz")

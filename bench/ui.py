@@ -620,43 +620,58 @@ def measure_cpu(url: str, env: dict[str, str], cases: int, requests: int) -> lis
     return out
 
 
-def start_gunicorn(port: int, env: dict[str, str], workers: int, threads: int) -> subprocess.Popen[bytes]:
+def app_env(url: str) -> dict[str, str]:
+    """The ``TMSI_*`` settings of an app serving the benchmark database ``url`` (a fresh secret key)."""
+    return {
+        "TMSI_DATABASE_URL": url,
+        "TMSI_SECRET_KEY": uuid.uuid4().hex,
+        "TMSI_ENVIRONMENT": "production",
+        "TMSI_HUEY_STORAGE": "memory",
+        "TMSI_INSTANCE_PATH": str(ROOT / "instance" / "bench-ui"),
+    }
+
+
+def gunicorn_command(port: int, *options: str) -> list[str]:
     """gunicorn on a loopback port with the production settings (``tmsi.gunicorn_conf``: gthread, the
-    app's own access log at INFO, none of gunicorn's), returned once it accepts connections. Its log
-    goes to ``instance/bench-ui/gunicorn-<port>.log``."""
-    log_path = ROOT / "instance" / "bench-ui" / f"gunicorn-{port}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log:
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                "python:tmsi.gunicorn_conf",
-                "-b",
-                f"127.0.0.1:{port}",
-                "-w",
-                str(workers),
-                "--threads",
-                str(threads),
-                "tmsi.wsgi:app",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-    deadline = time.monotonic() + 30
+    app's own access log at INFO, none of gunicorn's); ``options`` override them."""
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        "python:tmsi.gunicorn_conf",
+        "-b",
+        f"127.0.0.1:{port}",
+        *options,
+        "tmsi.wsgi:app",
+    ]
+
+
+def wait_for_port(port: int, server: subprocess.Popen[bytes], seconds: float, log_path: Path) -> None:
+    """Return once ``port`` accepts connections; kill ``server`` and raise (with its log's end) when it
+    exits first or ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return server
+            return
         except OSError:
             if time.monotonic() > deadline or server.poll() is not None:
                 server.kill()
                 raise RuntimeError(f"gunicorn did not start:\n{log_path.read_text()[-3000:]}") from None
             time.sleep(0.2)
+
+
+def start_gunicorn(port: int, env: dict[str, str], workers: int, threads: int) -> subprocess.Popen[bytes]:
+    """:func:`gunicorn_command` with ``workers`` x ``threads``, returned once it accepts connections. Its
+    log goes to ``instance/bench-ui/gunicorn-<port>.log``."""
+    log_path = ROOT / "instance" / "bench-ui" / f"gunicorn-{port}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = gunicorn_command(port, "-w", str(workers), "--threads", str(threads))
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    wait_for_port(port, server, 30, log_path)
+    return server
 
 
 def stop_gunicorn(server: subprocess.Popen[bytes]) -> None:
@@ -723,14 +738,8 @@ def main() -> None:
             print(f"load {name:>16}: {seconds:7.1f} s", flush=True)
 
     port = free_port()
-    app_env = {
-        "TMSI_DATABASE_URL": url,
-        "TMSI_SECRET_KEY": uuid.uuid4().hex,
-        "TMSI_ENVIRONMENT": "production",
-        "TMSI_HUEY_STORAGE": "memory",
-        "TMSI_INSTANCE_PATH": str(ROOT / "instance" / "bench-ui"),
-    }
-    env = dict(os.environ, **app_env)
+    settings_env = app_env(url)
+    env = dict(os.environ, **settings_env)
     load_at_start = os.getloadavg()[0]  # after the data load: the machine as the measurement finds it
     speed_at_start = reference_ms()
     gunicorn = start_gunicorn(port, env, args.workers, args.threads)
@@ -835,7 +844,7 @@ def main() -> None:
         finally:
             stop_gunicorn(gunicorn)
         # After gunicorn has stopped, so that nothing else of ours runs meanwhile.
-        cpu_rows = measure_cpu(url, app_env, args.cases, args.cpu) if args.cpu else []
+        cpu_rows = measure_cpu(url, settings_env, args.cases, args.cpu) if args.cpu else []
     finally:
         if not args.keep:
             with admin.connect() as conn:
