@@ -489,6 +489,16 @@ def test_case_page_keeps_each_targets_checks_and_runs_apart_and_bounded(client, 
     assert f">{ref}</a></dd>" in merged_page  # "Merged into" links to the surviving case
 
 
+def _listings_shown(html: str) -> dict[str, list[str]]:
+    """The listings the case page shows in each target's row, by the target's network."""
+    return {
+        network: re.findall(r"<li>(\S+) — ", cell)
+        for network, cell in re.findall(
+            r'<td class="network">(\S+?)(?:<| ).*?<td class="coverage">(.*?)</td>', html, re.S
+        )
+    }
+
+
 def test_each_target_lists_exactly_its_overlapping_active_listings(client, factory):
     """All targets' listings are read at once (one statement on PostgreSQL): each target still shows only
     the active listings covering or inside it, in address order, and nothing of the other targets."""
@@ -511,13 +521,7 @@ def test_each_target_lists_exactly_its_overlapping_active_listings(client, facto
         withdrawn = db.scalars(select(Listing).where(Listing.network == "198.51.100.4/30")).one()
         withdrawn.active = False
     signed_in(client, factory, "analyst")
-    html = client.get(f"/cases/{ref}").text
-    shown = {
-        network: re.findall(r"<li>(\S+) — ", cell)
-        for network, cell in re.findall(
-            r'<td class="network">(\S+?)(?:<| ).*?<td class="coverage">(.*?)</td>', html, re.S
-        )
-    }
+    shown = _listings_shown(client.get(f"/cases/{ref}").text)
     assert shown == {
         "198.51.100.0/28": ["198.51.100.0/24", "198.51.100.8/29"],
         "198.51.100.64/30": ["198.51.100.0/24", "198.51.100.64/26"],
@@ -540,13 +544,7 @@ def test_covering_listings_of_the_shortest_length_and_a_version_with_none(client
         withdrawn = db.scalars(select(Listing).where(Listing.network == "192.0.0.0/8")).one()
         withdrawn.active = False
     signed_in(client, factory, "analyst")
-    html = client.get(f"/cases/{ref}").text
-    shown = {
-        network: re.findall(r"<li>(\S+) — ", cell)
-        for network, cell in re.findall(
-            r'<td class="network">(\S+?)(?:<| ).*?<td class="coverage">(.*?)</td>', html, re.S
-        )
-    }
+    shown = _listings_shown(client.get(f"/cases/{ref}").text)
     assert shown == {"203.0.113.77/32": ["203.0.113.0/24", "203.0.113.64/26"], "2001:db8:9::/48": []}
 
 
