@@ -21,7 +21,7 @@ from tmsi.services import cases, decide, replies
 from tmsi.services import queue as queue_svc
 from tmsi.services.outbox import HeaderInjection
 from tmsi.web import actions
-from tmsi.web.auth import ACT_ROLES, ALL_ROLES, current_user, role_required
+from tmsi.web.auth import ACT_ROLES, ALL_ROLES, current_user, request_session, role_required
 from tmsi.web.openapi import openapi_document
 
 bp = Blueprint("api_cases", __name__, url_prefix="/api/v1")
@@ -156,32 +156,33 @@ def list_cases() -> Any:
         flt = queue_svc.parse_filter(request.args)
     except queue_svc.FilterError as exc:
         return _error(400, "invalid_filter", str(exc))
-    with get_db().reads() as db:
-        page = queue_svc.search(
-            db, flt, user_id=user.id if user else None, counts_ttl=0.0 if current_app.testing else 5.0
-        )
-        return jsonify(
-            total=page.total,
-            page=flt.page,
-            per_page=flt.per_page,
-            pages=page.pages,
-            counts=page.counts,
-            cases=[
-                case_summary(r.case, r.assignee_email)
-                | {"networks": r.networks, "target_count": r.target_count}
-                for r in page.rows
-            ],
-        )
+    page = queue_svc.search(
+        request_session(),
+        flt,
+        user_id=user.id if user else None,
+        counts_ttl=0.0 if current_app.testing else 5.0,
+    )
+    return jsonify(
+        total=page.total,
+        page=flt.page,
+        per_page=flt.per_page,
+        pages=page.pages,
+        counts=page.counts,
+        cases=[
+            case_summary(r.case, r.assignee_email) | {"networks": r.networks, "target_count": r.target_count}
+            for r in page.rows
+        ],
+    )
 
 
 @bp.get("/cases/<reference>")
 @role_required(ALL_ROLES)
 def get_case(reference: str) -> Any:
-    with get_db().reads() as db:
-        case = cases.get_by_reference(db, reference)
-        if case is None:
-            return _error(404, "not_found", f"there is no case {reference}")
-        return jsonify(_case_detail(db, case))
+    db = request_session()
+    case = cases.get_by_reference(db, reference)
+    if case is None:
+        return _error(404, "not_found", f"there is no case {reference}")
+    return jsonify(_case_detail(db, case))
 
 
 @bp.post("/cases/<reference>/<action>")
@@ -225,13 +226,12 @@ def case_action(reference: str, action: str) -> Any:
     except decide.DecisionError as exc:
         return _error(400, "not_done", str(exc))
     how = actions.after_commit(outcome, settings, factory, user.actor)
-    with get_db().reads() as db:
-        case = cases.get_by_reference(db, outcome.reference)
-        assert case is not None
-        return jsonify(
-            ok=True,
-            message=outcome.message,
-            verification=how or None,
-            data=outcome.data,
-            case=case_summary(case),
-        )
+    case = cases.get_by_reference(request_session(), outcome.reference)
+    assert case is not None
+    return jsonify(
+        ok=True,
+        message=outcome.message,
+        verification=how or None,
+        data=outcome.data,
+        case=case_summary(case),
+    )

@@ -13,10 +13,9 @@ from typing import Any
 from flask import Blueprint, current_app, render_template, request
 from markupsafe import Markup, escape
 
-from tmsi.app import get_db
 from tmsi.models import Role
 from tmsi.services.dashboard import build_dashboard
-from tmsi.web.auth import role_required
+from tmsi.web.auth import request_session, role_required
 
 bp = Blueprint("dashboard", __name__, static_folder="dashboard_static", static_url_path="/dashboard/static")
 
@@ -175,7 +174,6 @@ def _cached_dashboard(days: int) -> tuple[Any, datetime]:
         hit = cache.get(days)
         if hit is not None and now - hit[0] < CACHE_SECONDS:
             return hit[1], hit[2]
-        with get_db().reads() as session:
-            data = build_dashboard(session, days=days)
+        data = build_dashboard(request_session(), days=days)
         cache[days] = (now, data, datetime.now(UTC))
         return data, cache[days][2]

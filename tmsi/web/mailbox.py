@@ -13,7 +13,7 @@ from tmsi.app import get_db, get_settings
 from tmsi.db import unit_of_work
 from tmsi.models import Case, Direction, Message, MessageKind, MessageStatus
 from tmsi.services.ingest import IngestResult, reprocess_message
-from tmsi.web.auth import ACT_ROLES, ALL_ROLES, require_user, role_required
+from tmsi.web.auth import ACT_ROLES, ALL_ROLES, request_session, require_user, role_required
 from tmsi.web.ui import send_raw
 
 bp = Blueprint("mailbox", __name__)
@@ -99,8 +99,7 @@ def _listing(flt: MailFilter) -> Select[*tuple[Any, ...]]:
 @role_required(ALL_ROLES)
 def mail_list() -> Any:
     flt, error = _mail_filter(request.args)
-    with get_db().reads() as db:
-        rows = db.execute(_listing(flt)).all()
+    rows = request_session().execute(_listing(flt)).all()
     page = {"rows": rows[:MAIL_PAGE], "more": len(rows) > MAIL_PAGE}  # one row more than shown: a next page
     html = render_template("ui/mail.html", flt=flt, statuses=STATUSES, kinds=KINDS, error=error, **page)
     return html, 400 if error else 200
@@ -109,10 +108,11 @@ def mail_list() -> Any:
 @bp.get("/mail/<int:message_id>/raw")
 @role_required(ALL_ROLES)
 def mail_raw(message_id: int) -> Any:
-    with get_db().reads() as db:
-        found = db.execute(
-            select(Message.id, Message.raw).where(Message.id == message_id, _outside_cases())
-        ).first()
+    found = (
+        request_session()
+        .execute(select(Message.id, Message.raw).where(Message.id == message_id, _outside_cases()))
+        .first()
+    )
     if found is None:
         abort(404, description="There is no such message outside cases.")
     return send_raw(found.raw, f"message-{message_id}.eml")

@@ -866,39 +866,39 @@ def case_page(reference: str) -> Any:
 @bp.get("/cases/<reference>/progress.json")
 @role_required(ALL_ROLES)
 def case_progress(reference: str) -> Any:
-    with get_db().reads() as db:
-        case = _case_or_404(db, reference)
-        target_ids = [t.id for t in case.targets]
-        items = []
-        if target_ids:
-            latest = (
-                select(func.max(VerificationRun.id))
-                .where(VerificationRun.target_id.in_(target_ids))
-                .group_by(VerificationRun.target_id)
-            )
-            for run in db.scalars(select(VerificationRun).where(VerificationRun.id.in_(latest))):
-                items.append(
-                    {
-                        "id": run.id,
-                        "target_id": run.target_id,
-                        "network": run.network,
-                        "status": run.status.value,
-                        "result": run.result.value,
-                        "total": run.total,
-                        "done": run.done,
-                        "passed": run.passed,
-                        "failed": run.failed,
-                        "unverifiable": run.unverifiable,
-                    }
-                )
-        running = any(i["status"] in {"pending", "running"} for i in items)
-        return jsonify(
-            reference=case.reference,
-            status=case.status.value,
-            running=running,
-            runs=items,
-            lock_version=case.lock_version,
+    db = request_session()
+    case = _case_or_404(db, reference)
+    target_ids = [t.id for t in case.targets]
+    items = []
+    if target_ids:
+        latest = (
+            select(func.max(VerificationRun.id))
+            .where(VerificationRun.target_id.in_(target_ids))
+            .group_by(VerificationRun.target_id)
         )
+        for run in db.scalars(select(VerificationRun).where(VerificationRun.id.in_(latest))):
+            items.append(
+                {
+                    "id": run.id,
+                    "target_id": run.target_id,
+                    "network": run.network,
+                    "status": run.status.value,
+                    "result": run.result.value,
+                    "total": run.total,
+                    "done": run.done,
+                    "passed": run.passed,
+                    "failed": run.failed,
+                    "unverifiable": run.unverifiable,
+                }
+            )
+    running = any(i["status"] in {"pending", "running"} for i in items)
+    return jsonify(
+        reference=case.reference,
+        status=case.status.value,
+        running=running,
+        runs=items,
+        lock_version=case.lock_version,
+    )
 
 
 @bp.post("/cases/<reference>/action/<name>")
@@ -998,9 +998,9 @@ def _message_or_404(db: Session, case: Case, message_id: int) -> Message:
 @bp.get("/cases/<reference>/messages/<int:message_id>/raw")
 @role_required(ALL_ROLES)
 def message_raw(reference: str, message_id: int) -> Any:
-    with get_db().reads() as db:
-        message = _message_or_404(db, _case_or_404(db, reference), message_id)
-        raw = message.raw
+    db = request_session()
+    message = _message_or_404(db, _case_or_404(db, reference), message_id)
+    raw = message.raw
     return send_raw(raw, f"{reference}-message-{message_id}.eml")
 
 
@@ -1019,11 +1019,11 @@ def send_raw(raw: bytes | None, download_name: str) -> Any:
 @bp.get("/cases/<reference>/messages/<int:message_id>/attachments/<int:index>")
 @role_required(ALL_ROLES)
 def message_attachment(reference: str, message_id: int, index: int) -> Any:
-    with get_db().reads() as db:
-        message = _message_or_404(db, _case_or_404(db, reference), message_id)
-        if not message.raw:
-            abort(404, description="The raw message was purged.")
-        parts = _attachment_parts(bytes(message.raw))
+    db = request_session()
+    message = _message_or_404(db, _case_or_404(db, reference), message_id)
+    if not message.raw:
+        abort(404, description="The raw message was purged.")
+    parts = _attachment_parts(bytes(message.raw))
     if index >= len(parts):
         abort(404, description="There is no such attachment.")
     part = parts[index]
@@ -1039,9 +1039,9 @@ def message_attachment(reference: str, message_id: int, index: int) -> Any:
 @bp.get("/cases/<reference>/messages/<int:message_id>/html")
 @role_required(ALL_ROLES)
 def message_html(reference: str, message_id: int) -> Any:
-    with get_db().reads() as db:
-        message = _message_or_404(db, _case_or_404(db, reference), message_id)
-        html = message.body_html or ""
+    db = request_session()
+    message = _message_or_404(db, _case_or_404(db, reference), message_id)
+    html = message.body_html or ""
     clean = nh3.clean(html, url_schemes={"mailto"}, link_rel="noopener noreferrer nofollow")
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>message</title></head><body>"
@@ -1195,9 +1195,9 @@ def template_preview() -> Any:
 @bp.get("/users")
 @role_required(USER_READ_ROLES)
 def users_page() -> Any:
-    with get_db().reads() as db:
-        rows = db.scalars(select(User).options(selectinload(User.tokens)).order_by(User.email)).all()
-        return render_template("ui/users.html", users=rows, roles=list(Role), new_token=None)
+    db = request_session()
+    rows = db.scalars(select(User).options(selectinload(User.tokens)).order_by(User.email)).all()
+    return render_template("ui/users.html", users=rows, roles=list(Role), new_token=None)
 
 
 @bp.post("/users")
@@ -1289,16 +1289,16 @@ def audit_page() -> Any:
         page = max(1, int(args.get("page") or 1))
     except ValueError:
         page = 1
-    with get_db().reads() as db:
-        rows = db.execute(
-            stmt.order_by(AuditEvent.id.desc()).limit(AUDIT_PAGE + 1).offset((page - 1) * AUDIT_PAGE)
-        ).all()
-        html = render_template(
-            "ui/audit.html",
-            rows=rows[:AUDIT_PAGE],
-            more=len(rows) > AUDIT_PAGE,
-            page=page,
-            args=args,
-            error=error,
-        )
+    db = request_session()
+    rows = db.execute(
+        stmt.order_by(AuditEvent.id.desc()).limit(AUDIT_PAGE + 1).offset((page - 1) * AUDIT_PAGE)
+    ).all()
+    html = render_template(
+        "ui/audit.html",
+        rows=rows[:AUDIT_PAGE],
+        more=len(rows) > AUDIT_PAGE,
+        page=page,
+        args=args,
+        error=error,
+    )
     return html, 400 if error else 200
