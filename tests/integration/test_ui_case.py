@@ -657,3 +657,17 @@ def test_the_action_menus_list_assignees_templates_and_resolutions_escaped(clien
     composing = client.get(f"/cases/{ref}?reply=delisted").text
     menu = composing[composing.index('id="reply-template"') :]
     assert '<option value="delisted" selected>' in menu[: menu.index("</select>")]
+
+
+def test_before_any_template_is_stored_the_menu_offers_the_default_templates(client, factory):
+    from tmsi.models import ReplyTemplate
+    from tmsi.services import replies
+
+    ref = make_case(factory)
+    signed_in(client, factory, "analyst")
+    with factory() as db:
+        assert not db.scalars(select(ReplyTemplate.key)).all()
+    page = client.get(f"/cases/{ref}").text
+    menu = page[page.index('id="reply-template"') :]
+    offered = re.findall(r'<option value="([^"]+)"', menu[: menu.index("</select>")])
+    assert offered == list(replies.default_templates())

@@ -217,19 +217,10 @@ def _options(choices: tuple[tuple[str, str], ...], selected: str | None = None) 
 
 
 _RESOLUTION_OPTIONS = _options(tuple((r.value, r.value.replace("_", " ")) for r in Resolution))
-# Offered when no reply template is stored yet (they are created on first use).
-_DEFAULT_TEMPLATE_CHOICES = tuple(
-    (key, key)
-    for key in (
-        "acknowledgement",
-        "delisted",
-        "rejected",
-        "ask_information",
-        "still_failing",
-        "wrong_sender",
-        "need_full_address",
-    )
-)
+@functools.cache
+def _default_template_choices() -> tuple[tuple[str, str], ...]:
+    """Offered when no reply template is stored yet (the defaults are stored on first use)."""
+    return tuple((key, key) for key in replies.default_templates())
 
 
 @bp.app_template_filter("combine_page")
@@ -826,7 +817,7 @@ def _case_context(
     context.update(extra)
     compose = context["compose"]
     context["template_options"] = _options(
-        tuple((t.key, t.title or t.key) for t in templates) or _DEFAULT_TEMPLATE_CHOICES,
+        tuple((t.key, t.title or t.key) for t in templates) or _default_template_choices(),
         compose["template"] if compose else None,
     )
     return context
