@@ -229,6 +229,11 @@ Reader: TypeAlias = Session | Connection
 """What read-only code runs statements on: an ORM session, or (cheaper) a Core connection."""
 
 
+def bind_of(db: Reader) -> Engine | Connection:
+    """What a session or a connection runs its statements on (its ``.engine`` and ``.dialect``)."""
+    return db if isinstance(db, Connection) else db.get_bind()
+
+
 def dialect_name(db: Reader) -> str:
     """The database's dialect name ("postgresql", "sqlite") for a session or a connection."""
-    return db.dialect.name if isinstance(db, Connection) else db.get_bind().dialect.name
+    return bind_of(db).dialect.name

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Select, and_, func, or_, select, tuple_, union_all
 from sqlalchemy.orm import Session
 
-from tmsi.db import utcnow
+from tmsi.db import Reader, bind_of, utcnow
 from tmsi.domain.networks import IPNetwork, NetworkError, network_keys, parse_network, supernet_keys
 from tmsi.models import Case, CaseStatus, CaseTarget, CheckResult, User
 from tmsi.services.cases import OPEN_STATES
@@ -315,7 +315,7 @@ class QueuePage:
 
 
 def search(
-    session: Session,
+    session: Reader,
     f: QueueFilter,
     *,
     user_id: int | None = None,
@@ -367,7 +367,7 @@ def search(
     return QueuePage(filter=f, rows=rows, total=total, counts=counts)
 
 
-def status_counts(session: Session) -> dict[str, int]:
+def status_counts(session: Reader) -> dict[str, int]:
     """Number of cases per status (every status present, zero included)."""
     counts = {s.value: 0 for s in CaseStatus}
     for status, count in session.execute(select(Case.status, func.count()).group_by(Case.status)):
@@ -378,12 +378,12 @@ def status_counts(session: Session) -> dict[str, int]:
 _COUNTS: dict[str, tuple[float, dict[str, int]]] = {}
 
 
-def cached_status_counts(session: Session, ttl: float) -> dict[str, int]:
+def cached_status_counts(session: Reader, ttl: float) -> dict[str, int]:
     """``status_counts`` reused for ``ttl`` seconds per database: a full count per page view costs a scan
     of every case, and counts a few seconds old are fine for the overview."""
     if ttl <= 0:
         return status_counts(session)
-    key = str(session.get_bind().engine.url)
+    key = str(bind_of(session).engine.url)
     hit = _COUNTS.get(key)
     now = time.monotonic()
     if hit is not None and hit[0] > now:

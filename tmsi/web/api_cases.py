@@ -21,7 +21,7 @@ from tmsi.services import cases, decide, replies
 from tmsi.services import queue as queue_svc
 from tmsi.services.outbox import HeaderInjection
 from tmsi.web import actions
-from tmsi.web.auth import ACT_ROLES, ALL_ROLES, current_user, request_session, role_required
+from tmsi.web.auth import ACT_ROLES, ALL_ROLES, current_user, request_db, request_session, role_required
 from tmsi.web.openapi import openapi_document
 
 bp = Blueprint("api_cases", __name__, url_prefix="/api/v1")
@@ -157,7 +157,7 @@ def list_cases() -> Any:
     except queue_svc.FilterError as exc:
         return _error(400, "invalid_filter", str(exc))
     page = queue_svc.search(
-        request_session(),
+        request_db(),
         flt,
         user_id=user.id if user else None,
         counts_ttl=0.0 if current_app.testing else 5.0,

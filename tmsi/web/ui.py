@@ -217,6 +217,8 @@ def _options(choices: tuple[tuple[str, str], ...], selected: str | None = None) 
 
 
 _RESOLUTION_OPTIONS = _options(tuple((r.value, r.value.replace("_", " ")) for r in Resolution))
+
+
 @functools.cache
 def _default_template_choices() -> tuple[tuple[str, str], ...]:
     """Offered when no reply template is stored yet (the defaults are stored on first use)."""
@@ -262,7 +264,7 @@ def _queue_cache_ttl() -> float:
     return ttl
 
 
-def _queue_table(db: Session, flt: queue_svc.QueueFilter, user_id: int) -> _QueueTable:
+def _queue_table(db: Reader, flt: queue_svc.QueueFilter, user_id: int) -> _QueueTable:
     ttl = _queue_cache_ttl()
     key = (
         str(get_db().engine.url),
@@ -302,7 +304,7 @@ def queue() -> Any:
     except queue_svc.FilterError as exc:
         error = str(exc)
         flt = queue_svc.QueueFilter()
-    db = request_session()
+    db = request_db()
     table = _queue_table(db, flt, user.id)
     html = render_template(
         "ui/queue.html",
@@ -329,7 +331,7 @@ _ASSIGNEES = (
 )
 
 
-def _assignees(db: Session) -> list[Any]:
+def _assignees(db: Reader) -> list[Any]:
     return list(db.execute(_ASSIGNEES).all())
 
 
