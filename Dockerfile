@@ -14,14 +14,15 @@ RUN useradd --system --uid 10001 --home-dir /var/lib/tmsi --create-home tmsi \
 
 WORKDIR /app
 # Dependencies first, so a code change does not reinstall them.
-COPY pyproject.toml README.md ./
-RUN mkdir tmsi && touch tmsi/__init__.py && pip install . && pip uninstall -y tmsi && rm -rf tmsi build
-# The source stays in /app (editable install): migrations/ and templates/ are found next to tmsi/.
-COPY alembic.ini ./
+COPY pyproject.toml setup.py README.md ./
+RUN mkdir tmsi migrations templates && touch tmsi/__init__.py \
+    && pip install . && pip uninstall -y tmsi && rm -rf tmsi migrations templates build
+# Then tmsi itself, as a wheel would install it: migrations/ and templates/ go inside the package
+# (setup.py), and the source is removed, so the image runs what `pip install tmsi` installs.
 COPY migrations ./migrations
 COPY templates ./templates
 COPY tmsi ./tmsi
-RUN pip install --no-deps -e .
+RUN pip install --no-deps . && rm -rf tmsi migrations templates build setup.py pyproject.toml README.md
 
 USER tmsi
 EXPOSE 8000

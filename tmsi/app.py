@@ -68,13 +68,9 @@ def build_app(settings: Settings | dict[str, Any] | None = None) -> Flask:
 
 
 def _project_templates() -> Any:
-    from pathlib import Path
+    from tmsi import source_or_package_dir
 
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "templates", here / "templates"):
-        if candidate.is_dir():
-            return candidate
-    return here.parent / "templates"
+    return source_or_package_dir("templates")
 
 
 def get_settings() -> Settings:

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 from alembic import command
 from alembic.config import Config
 
+from tmsi import source_or_package_dir
 from tmsi.config import load_settings
 
 
 def alembic_config(database_url: str | None = None) -> Config:
-    root = Path(__file__).resolve().parents[2]
-    cfg = Config(str(root / "alembic.ini")) if (root / "alembic.ini").exists() else Config()
-    cfg.set_main_option("script_location", str(root / "migrations"))
+    migrations = source_or_package_dir("migrations")
+    ini = migrations.parent / "alembic.ini"
+    cfg = Config(str(ini)) if ini.exists() else Config()
+    cfg.set_main_option("script_location", str(migrations))
     cfg.set_main_option("sqlalchemy.url", database_url or load_settings().database_url)
     return cfg
 
