@@ -293,7 +293,7 @@ def seed_listings(url: str) -> None:
     from tmsi.domain.listfile import Entry
     from tmsi.services.listings import import_entries
 
-    nets = []
+    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     for base in ("198.51.100.0/24", "203.0.113.0/24"):
         nets += list(ipaddress.ip_network(base).subnets(new_prefix=28))
     with unit_of_work(make_sessionmaker(make_engine(url))) as session:

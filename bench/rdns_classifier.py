@@ -90,7 +90,7 @@ def _forms(address: ipaddress.IPv4Address) -> list[str]:
 def synthetic(rows: list[tuple[str, str, str]], count: int, seed: int = 4) -> list[tuple[str, str]]:
     """Names of the labelled set re-rendered for random addresses of the same /24 (IPv6 rows as they are)."""
     rng = random.Random(seed)
-    out = []
+    out: list[tuple[str, str]] = []
     while len(out) < count:
         address, ptr, _ = rows[rng.randrange(len(rows))]
         try:

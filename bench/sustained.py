@@ -491,7 +491,7 @@ def run(args: argparse.Namespace) -> tuple[list[tuple[str, str, str]], str]:
         (
             "workers RSS (both) at each minute",
             " ".join(
-                f"{min(samples, key=lambda x, m=m: abs(x.at - 60 * m)).workers_mb:.0f}"
+                f"{sample_at_minute(samples, m).workers_mb:.0f}"
                 for m in range(1, int(samples[-1].at // 60) + 1)
             )
             + " MB",
@@ -516,12 +516,17 @@ def run(args: argparse.Namespace) -> tuple[list[tuple[str, str, str]], str]:
     return rows, timeline(samples)
 
 
+def sample_at_minute(samples: list[Sample], minute: int) -> Sample:
+    """The sample taken closest to the end of the given minute of the run."""
+    return min(samples, key=lambda sample: abs(sample.at - 60 * minute))
+
+
 def timeline(samples: list[Sample]) -> str:
     """One line per minute: what the backlogs and memory did over the run."""
     lines = ["| minute | inbox | outbox | Huey ready / scheduled | stored | sent | workers RSS MB |"]
     lines.append("|---|---|---|---|---|---|---|")
     for m in range(1, int(samples[-1].at // 60) + 1):
-        s = min(samples, key=lambda x, m=m: abs(x.at - 60 * m))
+        s = sample_at_minute(samples, m)
         lines.append(
             f"| {m} | {s.inbox} | {s.outbox} | {s.queued} / {s.scheduled} | {s.stored} | {s.sent} | "
             f"{s.workers_mb:.0f} |"
