@@ -30,9 +30,14 @@ class _Log:
         self.warnings.append(message % args)
 
 
+class _Config:
+    address: list[object] = []
+
+
 class _Server:
     def __init__(self) -> None:
         self.log = _Log()
+        self.cfg = _Config()
 
 
 @pytest.mark.parametrize(("threads", "pool", "warned"), [(8, 5, True), (4, 5, False), (6, 6, False)])
