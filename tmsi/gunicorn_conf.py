@@ -25,7 +25,8 @@ errorlog = "-"
 # Each worker listens on its own socket (SO_REUSEPORT) and the kernel spreads new connections over them.
 # On one shared socket the worker that happens to be awake accepts, and can end up holding every
 # keep-alive connection while the others idle (below). on_starting refuses an address in use, which
-# SO_REUSEPORT alone would share with whatever (of the same user) already listens there.
+# SO_REUSEPORT alone would share with whatever (of the same user) already listens there, and turns this
+# off when gunicorn listens on a unix socket (behind a proxy on the same machine).
 reuse_port = True
 # A keep-alive connection stays with the worker that accepted it. A client holding a few connections open
 # (a reverse proxy's upstream pool, a load generator) can find all of them on one worker while the other
@@ -46,6 +47,10 @@ def on_starting(server: Any) -> None:
         print(f"tmsi: {exc}", file=sys.stderr)
         os._exit(2)
     configure_logging(settings.log_level, settings.log_json)
+    if any(not isinstance(address, tuple) for address in server.cfg.address):
+        # A unix socket is a file: each worker binding its own would replace the one before, and every
+        # worker but the last would listen on a socket no one can reach any more.
+        server.cfg.set("reuse_port", False)
     for address in server.cfg.address:
         taken = _address_in_use(address)
         if taken:

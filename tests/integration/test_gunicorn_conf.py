@@ -45,7 +45,7 @@ def _environment(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _command(port: int, workers: int) -> list[str]:
+def _command(bind: str, workers: int) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -53,7 +53,7 @@ def _command(port: int, workers: int) -> list[str]:
         "-c",
         "python:tmsi.gunicorn_conf",
         "--bind",
-        f"127.0.0.1:{port}",
+        bind,
         "--workers",
         str(workers),
         "tmsi.wsgi:app",
@@ -66,31 +66,46 @@ def _worker_pids(master: int) -> set[int]:
 
 
 @contextmanager
-def _gunicorn(tmp_path: Path, port: int, workers: int, **extra: str) -> Iterator[subprocess.Popen[bytes]]:
-    log = (tmp_path / f"gunicorn-{port}.log").open("wb")
-    server = subprocess.Popen(
-        _command(port, workers), cwd=ROOT, env=_environment(tmp_path, **extra), stdout=log, stderr=log
-    )
+def _gunicorn(tmp_path: Path, bind: str, workers: int, **extra: str) -> Iterator[subprocess.Popen[bytes]]:
+    log_path = tmp_path / "gunicorn.log"
+    with log_path.open("ab") as log:
+        server = subprocess.Popen(
+            _command(bind, workers), cwd=ROOT, env=_environment(tmp_path, **extra), stdout=log, stderr=log
+        )
     try:
         deadline = time.monotonic() + 60
-        while len(_worker_pids(server.pid)) < workers or not _answers(port):
-            assert server.poll() is None, (tmp_path / f"gunicorn-{port}.log").read_text()
+        while len(_worker_pids(server.pid)) < workers or not _answers(bind):
+            assert server.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, "gunicorn did not start"
             time.sleep(0.1)
         yield server
     finally:
         server.terminate()
         server.wait(30)
-        log.close()
 
 
-def _answers(port: int) -> bool:
+def _connect(bind: str) -> socket.socket:
+    if bind.startswith("unix:"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        sock.connect(bind.removeprefix("unix:"))
+        return sock
+    host, port = bind.rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def _get(sock: socket.socket, path: str = "/healthz") -> http.client.HTTPResponse:
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: tmsi.test\r\n\r\n".encode())
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    response.read()
+    return response
+
+
+def _answers(bind: str) -> bool:
     try:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        connection.request("GET", "/healthz")
-        ok = connection.getresponse().status == 200
-        connection.close()
-        return ok
+        with _connect(bind) as sock:
+            return _get(sock).status == 200
     except OSError:
         return False
 
@@ -108,19 +123,14 @@ def _connection_owners(port: int) -> Counter[int]:
 
 def test_keep_alive_connections_are_spread_over_the_workers(tmp_path: Path) -> None:
     port = _free_port()
-    with _gunicorn(tmp_path, port, workers=2) as server:
+    with _gunicorn(tmp_path, f"127.0.0.1:{port}", workers=2) as server:
         workers = _worker_pids(server.pid)
-        connections = []
-        for _ in range(20):
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            connection.request("GET", "/healthz")
-            response = connection.getresponse()
-            response.read()
-            assert response.status == 200 and response.getheader("Connection") != "close"
-            connections.append(connection)
+        connections = [_connect(f"127.0.0.1:{port}") for _ in range(20)]
+        answers = [_get(sock) for sock in connections]
         owners = _connection_owners(port)
-        for connection in connections:
-            connection.close()
+        for sock in connections:
+            sock.close()
+    assert {(answer.status, answer.getheader("Connection")) for answer in answers} == {(200, "keep-alive")}
     assert set(owners) == workers, owners
     assert sum(owners.values()) == 20
 
@@ -129,14 +139,11 @@ def test_a_connection_is_closed_after_the_configured_number_of_requests(tmp_path
     port = _free_port()
     answers = []
     with (
-        _gunicorn(tmp_path, port, workers=1, TMSI_KEEPALIVE_REQUESTS="3"),
-        socket.create_connection(("127.0.0.1", port), timeout=10) as sock,
+        _gunicorn(tmp_path, f"127.0.0.1:{port}", workers=1, TMSI_KEEPALIVE_REQUESTS="3"),
+        _connect(f"127.0.0.1:{port}") as sock,
     ):
         for _ in range(3):
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: tmsi.test\r\n\r\n")
-            response = http.client.HTTPResponse(sock)
-            response.begin()
-            response.read()
+            response = _get(sock)
             answers.append((response.status, response.getheader("Connection")))
         closed_by_server = sock.recv(1) == b""
     assert answers == [(200, "keep-alive"), (200, "keep-alive"), (200, "close")]
@@ -145,15 +152,30 @@ def test_a_connection_is_closed_after_the_configured_number_of_requests(tmp_path
 
 def test_an_address_in_use_is_refused_at_start(tmp_path: Path) -> None:
     port = _free_port()
-    with _gunicorn(tmp_path, port, workers=1):
+    with _gunicorn(tmp_path, f"127.0.0.1:{port}", workers=1):
         second = subprocess.run(
-            _command(port, 1),
+            _command(f"127.0.0.1:{port}", 1),
             cwd=ROOT,
             env=_environment(tmp_path),
             capture_output=True,
             text=True,
             timeout=60,
         )
-        assert _answers(port)
+        assert _answers(f"127.0.0.1:{port}")
     assert second.returncode == 2
     assert f"tmsi: cannot listen on 127.0.0.1:{port}: Address already in use" in second.stderr
+
+
+def test_on_a_unix_socket_all_workers_share_one_listening_socket(tmp_path: Path) -> None:
+    path = tmp_path / "tmsi.sock"
+    with _gunicorn(tmp_path, f"unix:{path}", workers=2):
+        answers = []
+        for _ in range(10):
+            with _connect(f"unix:{path}") as sock:
+                answers.append(_get(sock).status)
+        listening = subprocess.run(
+            ["ss", "-xlH", "src", str(path)], capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+    assert answers == [200] * 10
+    # One socket, inherited by both workers; per-worker sockets would each replace the file before.
+    assert len(listening) == 1, listening
