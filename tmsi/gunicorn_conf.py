@@ -47,6 +47,24 @@ def on_starting(server: Any) -> None:
         print(f"tmsi: {exc}", file=sys.stderr)
         os._exit(2)
     configure_logging(settings.log_level, settings.log_json)
+    _listen_settings(server)
+    if threads > settings.db_pool_size:
+        server.log.warning(
+            "TMSI_WEB_THREADS=%d is more than TMSI_DB_POOL_SIZE=%d: requests beyond %d at once will open "
+            "and close a database connection each; raise TMSI_DB_POOL_SIZE",
+            threads,
+            settings.db_pool_size,
+            settings.db_pool_size,
+        )
+
+
+def _listen_settings(server: Any) -> None:
+    """Per-worker sockets only where they work; refuse a TCP address something already listens on."""
+    if _inherits_sockets():
+        # systemd socket activation, or a new master after USR2: the sockets are given, not bound here
+        # (the address is rightly in use), and workers must accept on them rather than bind their own.
+        server.cfg.set("reuse_port", False)
+        return
     if any(not isinstance(address, tuple) for address in server.cfg.address):
         # A unix socket is a file: each worker binding its own would replace the one before, and every
         # worker but the last would listen on a socket no one can reach any more.
@@ -56,14 +74,11 @@ def on_starting(server: Any) -> None:
         if taken:
             print(f"tmsi: cannot listen on {taken}", file=sys.stderr)
             os._exit(2)
-    if threads > settings.db_pool_size:
-        server.log.warning(
-            "TMSI_WEB_THREADS=%d is more than TMSI_DB_POOL_SIZE=%d: requests beyond %d at once will open "
-            "and close a database connection each; raise TMSI_DB_POOL_SIZE",
-            threads,
-            settings.db_pool_size,
-            settings.db_pool_size,
-        )
+
+
+def _inherits_sockets() -> bool:
+    systemd = os.environ.get("LISTEN_FDS") and os.environ.get("LISTEN_PID") == str(os.getpid())
+    return bool(systemd) or "GUNICORN_FD" in os.environ
 
 
 def _address_in_use(address: Any) -> str | None:

@@ -179,3 +179,40 @@ def test_on_a_unix_socket_all_workers_share_one_listening_socket(tmp_path: Path)
     assert answers == [200] * 10
     # One socket, inherited by both workers; per-worker sockets would each replace the file before.
     assert len(listening) == 1, listening
+
+
+def test_sockets_from_systemd_socket_activation_are_used_as_given(tmp_path: Path) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    fd = listener.fileno()
+
+    def as_fd_3() -> None:  # sd_listen_fds(3): the first passed socket is fd 3
+        os.dup2(fd, 3)
+
+    # LISTEN_PID must be gunicorn's own pid: the shell sets it and then becomes gunicorn.
+    script = 'LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"'
+    command = ["sh", "-c", script, "sh", *_command(f"127.0.0.1:{port}", 2)]
+    with (tmp_path / "gunicorn.log").open("ab") as log:
+        server = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=_environment(tmp_path),
+            stdout=log,
+            stderr=log,
+            preexec_fn=as_fd_3,
+            close_fds=False,  # else fd 3 is closed again after preexec_fn
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while len(_worker_pids(server.pid)) < 2 or not _answers(f"127.0.0.1:{port}"):
+            assert server.poll() is None, (tmp_path / "gunicorn.log").read_text()
+            assert time.monotonic() < deadline, "gunicorn did not start"
+            time.sleep(0.1)
+        listening = subprocess.run(
+            ["ss", "-tlnH", f"( sport = :{port} )"], capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+    finally:
+        server.terminate()
+        server.wait(30)
+        listener.close()
+    assert len(listening) == 1, listening  # the given socket only: no worker bound one of its own
