@@ -248,6 +248,7 @@ def run(args: argparse.Namespace) -> tuple[list[tuple[str, str, str]], str]:
 
     from tests.services.dovecot import dovecot_server
     from tests.services.knot import knot_server
+    from tmsi.cli.run import gunicorn_command
     from tmsi.db import make_engine, make_sessionmaker, unit_of_work
     from tmsi.models import Case, Direction, Message, OutboxMessage, OutboxStatus, Role
     from tmsi.services import users
@@ -295,21 +296,14 @@ def run(args: argparse.Namespace) -> tuple[list[tuple[str, str, str]], str]:
         procs: dict[str, subprocess.Popen[bytes]] = {}
         with (logs / "web.log").open("ab") as out:
             procs["web"] = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gunicorn",
-                    "-c",
-                    "python:tmsi.gunicorn_conf",
-                    "--bind",
+                gunicorn_command(
                     f"127.0.0.1:{port}",
                     "--workers",
                     str(args.web_workers),
                     "--no-control-socket",
                     "--access-logfile",
                     "/dev/null",
-                    "tmsi.wsgi:app",
-                ],
+                ),
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

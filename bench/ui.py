@@ -634,17 +634,9 @@ def app_env(url: str) -> dict[str, str]:
 def gunicorn_command(port: int, *options: str) -> list[str]:
     """gunicorn on a loopback port with the production settings (``tmsi.gunicorn_conf``: gthread, the
     app's own access log at INFO, none of gunicorn's); ``options`` override them."""
-    return [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "-c",
-        "python:tmsi.gunicorn_conf",
-        "-b",
-        f"127.0.0.1:{port}",
-        *options,
-        "tmsi.wsgi:app",
-    ]
+    from tmsi.cli.run import gunicorn_command as command
+
+    return command(f"127.0.0.1:{port}", *options)
 
 
 def wait_for_port(port: int, server: subprocess.Popen[bytes], seconds: float, log_path: Path) -> None:

@@ -12,7 +12,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -21,16 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.services.ports import free_port
+from tmsi.cli.run import gunicorn_command
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _environment(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -46,18 +41,7 @@ def _environment(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def _command(bind: str, workers: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "-c",
-        "python:tmsi.gunicorn_conf",
-        "--bind",
-        bind,
-        "--workers",
-        str(workers),
-        "tmsi.wsgi:app",
-    ]
+    return gunicorn_command(bind, "--workers", str(workers))
 
 
 def _worker_pids(master: int) -> set[int]:
@@ -122,7 +106,7 @@ def _connection_owners(port: int) -> Counter[int]:
 
 
 def test_keep_alive_connections_are_spread_over_the_workers(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     with _gunicorn(tmp_path, f"127.0.0.1:{port}", workers=2) as server:
         workers = _worker_pids(server.pid)
         connections = [_connect(f"127.0.0.1:{port}") for _ in range(20)]
@@ -136,7 +120,7 @@ def test_keep_alive_connections_are_spread_over_the_workers(tmp_path: Path) -> N
 
 
 def test_a_connection_is_closed_after_the_configured_number_of_requests(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     answers = []
     with (
         _gunicorn(tmp_path, f"127.0.0.1:{port}", workers=1, TMSI_KEEPALIVE_REQUESTS="3"),
@@ -151,7 +135,7 @@ def test_a_connection_is_closed_after_the_configured_number_of_requests(tmp_path
 
 
 def test_an_address_in_use_is_refused_at_start(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     with _gunicorn(tmp_path, f"127.0.0.1:{port}", workers=1):
         second = subprocess.run(
             _command(f"127.0.0.1:{port}", 1),

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.services.ports import free_port
+from tmsi.cli.run import gunicorn_command
 
 pytestmark = pytest.mark.integration
 TMSI = str(Path(sys.executable).with_name("tmsi"))
@@ -185,20 +186,8 @@ def test_configuration_errors_name_the_variable_and_exit_2(
     tmp_path: Path, argv: list[str], env: dict[str, str], expected: str
 ) -> None:
     base = {k: v for k, v in os.environ.items() if not k.startswith("TMSI_")}
-    if argv:
-        command = [TMSI, *argv]
-    else:  # gunicorn itself, through our config module
-        command = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "python:tmsi.gunicorn_conf",
-            "--bind",
-            f"127.0.0.1:{free_port()}",
-            "--no-control-socket",
-            "tmsi.wsgi:app",
-        ]
+    # no argv: gunicorn itself, through our config module
+    command = [TMSI, *argv] if argv else gunicorn_command(f"127.0.0.1:{free_port()}", "--no-control-socket")
     done = subprocess.run(command, cwd=tmp_path, env=base | env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr
     assert expected in done.stderr and "Traceback" not in done.stderr + done.stdout

@@ -276,23 +276,8 @@ def run(host: str, port: int, web_workers: int, workers: int, demo: bool | None)
         sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
     }
     python = sys.executable
-    children.start(
-        "web",
-        [
-            python,
-            "-m",
-            "gunicorn",
-            "-c",
-            "python:tmsi.gunicorn_conf",
-            "--bind",
-            f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-            "--workers",
-            str(web_workers),
-            "--no-control-socket",
-            "tmsi.wsgi:app",
-        ],
-        env,
-    )
+    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    children.start("web", gunicorn_command(bind, "--workers", str(web_workers), "--no-control-socket"), env)
     children.start(
         "worker",
         [python, "-c", "from tmsi.cli import main; main()", "worker", "--workers", str(workers)],
@@ -323,6 +308,22 @@ def run(host: str, port: int, web_workers: int, workers: int, demo: bool | None)
             signal.signal(sig, handler)
     click.echo("tmsi: stopped")
     sys.exit(code)
+
+
+def gunicorn_command(bind: str, *options: str) -> list[str]:
+    """gunicorn serving tmsi on ``bind`` (``host:port``, ``[v6]:port`` or ``unix:path``) with the
+    production settings (``tmsi.gunicorn_conf``); ``options`` add to or override them."""
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        "python:tmsi.gunicorn_conf",
+        "--bind",
+        bind,
+        *options,
+        "tmsi.wsgi:app",
+    ]
 
 
 def _redact(url: str) -> str:
