@@ -99,5 +99,5 @@ def _address_in_use(address: Any) -> str | None:
 
 def pre_request(worker: Any, req: Any) -> None:
     """Answer the connection's ``KEEPALIVE_REQUESTS``-th request with ``Connection: close``."""
-    if KEEPALIVE_REQUESTS and req.req_number >= KEEPALIVE_REQUESTS:
+    if KEEPALIVE_REQUESTS and getattr(req, "req_number", 1) >= KEEPALIVE_REQUESTS:
         req.must_close = True
