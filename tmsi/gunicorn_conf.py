@@ -93,7 +93,7 @@ def _address_in_use(address: Any) -> str | None:
         socket.create_server((host, port), family=family).close()
     except OSError as exc:
         shown = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
-        return f"{shown}: {exc.strerror or exc}"
+        return f"{shown}: {os.strerror(exc.errno) if exc.errno else exc}"
     return None
 
 

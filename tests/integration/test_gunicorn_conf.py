@@ -147,7 +147,7 @@ def test_an_address_in_use_is_refused_at_start(tmp_path: Path) -> None:
         )
         assert _answers(f"127.0.0.1:{port}")
     assert second.returncode == 2
-    assert f"tmsi: cannot listen on 127.0.0.1:{port}: Address already in use" in second.stderr
+    assert f"tmsi: cannot listen on 127.0.0.1:{port}: Address already in use\n" in second.stderr
 
 
 def test_on_a_unix_socket_all_workers_share_one_listening_socket(tmp_path: Path) -> None:
