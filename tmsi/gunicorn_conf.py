@@ -61,8 +61,8 @@ def on_starting(server: Any) -> None:
 def _listen_settings(server: Any) -> None:
     """Per-worker sockets only where they work; refuse a TCP address something already listens on."""
     if _inherits_sockets():
-        # systemd socket activation, or a new master after USR2: the sockets are given, not bound here
-        # (the address is rightly in use), and workers must accept on them rather than bind their own.
+        # systemd socket activation (or a new master after USR2, where the old one held sockets): they
+        # are given, not bound here (the address is rightly in use), and workers must accept on them.
         server.cfg.set("reuse_port", False)
         return
     if any(not isinstance(address, tuple) for address in server.cfg.address):
