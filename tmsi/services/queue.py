@@ -16,6 +16,7 @@ from sqlalchemy import Select, and_, func, or_, select, tuple_, union_all
 from sqlalchemy.orm import Session
 
 from tmsi.db import Reader, bind_of, utcnow
+from tmsi.domain.ids import parse_id, parse_page
 from tmsi.domain.networks import IPNetwork, NetworkError, network_keys, parse_network, supernet_keys
 from tmsi.models import Case, CaseStatus, CaseTarget, CheckResult, User
 from tmsi.services.cases import OPEN_STATES
@@ -116,12 +117,12 @@ def parse_filter(args: Any) -> QueueFilter:
     if sort not in SORTS:
         raise FilterError(f"unknown sort {sort!r}")
     try:
-        page = max(1, int(args.get("page") or 1))
+        page = parse_page(args.get("page"))
         per_page = min(MAX_PER_PAGE, max(1, int(args.get("per_page") or 50)))
     except ValueError:
         raise FilterError("page and per_page must be numbers") from None
     assignee = (args.get("assignee") or "").strip()
-    if assignee and assignee not in {"me", "none"} and not assignee.isdigit():
+    if assignee and assignee not in {"me", "none"} and parse_id(assignee) is None:
         raise FilterError("assignee is 'me', 'none' or a user id")
     return QueueFilter(
         statuses=statuses,

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Flask
+from werkzeug.routing import IntegerConverter
+
+from tmsi.domain.ids import MAX_ID
+
+
+class IdConverter(IntegerConverter):
+    """``<int:...>`` in tmsi's routes: at most a 64-bit id, so a larger number is "no such page" (404)
+    rather than a number no database column holds (an error, a 500)."""
+
+    def __init__(self, map: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("max", MAX_ID)
+        super().__init__(map, *args, **kwargs)
 
 
 def register_web(app: Flask) -> None:
     from tmsi.web import api, api_cases, auth, errors, extensions, mailbox, ui
 
+    app.url_map.converters["int"] = IdConverter  # before any route is added
     errors.register(app)
     extensions.init_extensions(app, app.config["TMSI"])
     auth.init_auth(app)

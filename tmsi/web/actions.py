@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from tmsi.config import Settings
+from tmsi.domain.ids import parse_id
 from tmsi.models import Case, Resolution, User
 from tmsi.services import cases, decide
 from tmsi.services.decide import DecisionError
@@ -74,9 +75,10 @@ class Params:
     def ints(self, name: str) -> list[int]:
         out = []
         for item in self.getlist(name):
-            if not item.isdigit():
+            value = parse_id(item)
+            if value is None:
                 raise DecisionError(f"{name}: {item!r} is not an id")
-            out.append(int(item))
+            out.append(value)
         return out
 
     def flag(self, name: str, default: bool = False) -> bool:
@@ -87,9 +89,10 @@ class Params:
         value = self.get("version")
         if not value:
             return None
-        if not value.isdigit():
+        version = parse_id(value)
+        if version is None:
             raise DecisionError("version must be a number")
-        return int(value)
+        return version
 
 
 @dataclass
@@ -109,9 +112,10 @@ def _user_param(db: Session, value: str, actor: Actor) -> User | None:
         return None
     if value == "me":
         value = str(actor.id)
+    user_id = parse_id(value)
     user = (
-        db.get(User, int(value))
-        if value.isdigit()
+        db.get(User, user_id)
+        if user_id is not None
         else db.scalar(select(User).where(User.email == value.lower()))
     )
     if user is None:

@@ -11,6 +11,7 @@ from sqlalchemy import Select, or_, select
 
 from tmsi.app import get_db, get_settings
 from tmsi.db import unit_of_work
+from tmsi.domain.ids import parse_page
 from tmsi.models import Case, Direction, Message, MessageKind, MessageStatus
 from tmsi.services.ingest import IngestResult, reprocess_message
 from tmsi.web.auth import ACT_ROLES, ALL_ROLES, request_session, require_user, role_required
@@ -52,7 +53,7 @@ def _mail_filter(values: Any) -> tuple[MailFilter, str]:
         errors.append(f"kind: one of {', '.join(KINDS)}")
         kind = ""
     try:
-        page = max(1, int(values.get("page") or 1))
+        page = parse_page(values.get("page"))
     except ValueError:
         page = 1
     text = (values.get("q") or "").strip()[:200]

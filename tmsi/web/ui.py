@@ -64,6 +64,7 @@ from werkzeug.utils import secure_filename
 
 from tmsi.app import get_db, get_settings
 from tmsi.db import DriverQuery, Reader, UTCDateTime, dialect_name, unit_of_work, utcnow
+from tmsi.domain.ids import parse_id
 from tmsi.models import (
     ApiToken,
     AuditEvent,
@@ -1214,7 +1215,8 @@ def users_update() -> Any:
                 message = f"User {created.email} created."
             else:
                 uid = request.form.get("user", "")
-                user = db.get(User, int(uid)) if uid.isdigit() else None
+                user_id = parse_id(uid)
+                user = db.get(User, user_id) if user_id is not None else None
                 if user is None:
                     abort(404, description="There is no such user.")
                 if user.id == admin.id and op in {"disable", "role"}:
@@ -1235,7 +1237,8 @@ def users_update() -> Any:
                     message = f"New API token for {user.email}: copy it now, it is shown only once."
                 elif op == "revoke":
                     tid = request.form.get("token", "")
-                    token = db.get(ApiToken, int(tid)) if tid.isdigit() else None
+                    token_id = parse_id(tid)
+                    token = db.get(ApiToken, token_id) if token_id is not None else None
                     if token is None or token.user_id != user.id:
                         abort(404, description="There is no such token.")
                     users.revoke_token(db, token, actor=admin.actor)
