@@ -177,7 +177,8 @@ _DOCUMENT: dict[str, Any] = {
         "version": __version__,
         "description": "Delisting-request cases of the Dynamic User List: the queue, a case with its "
         "evidence, and the analyst's actions. Authenticate with a per-user API token "
-        "(`tmsi users token EMAIL`).",
+        "(`tmsi users token EMAIL`). A query filter given with an empty value is the same as one left "
+        "out, as the /cases page's form sends them.",
     },
     "servers": [{"url": "/"}],
     "security": [{"bearerToken": []}],
@@ -190,16 +191,16 @@ _DOCUMENT: dict[str, Any] = {
                     _query(
                         "status",
                         "status (repeatable) or 'all'; default: the open states",
-                        {"type": "string", "enum": [*_STATUS, "all"]},
+                        {"type": "string", "enum": [*_STATUS, "all", ""]},
                     ),
                     _query("assignee", "'me', 'none' or a user id", {"type": "string"}),
                     _query("domain", "requester domain", {"type": "string"}),
-                    _query("authority", "authority result", {"type": "string", "enum": _RESULT}),
-                    _query("verification", "verification result", {"type": "string", "enum": _RESULT}),
+                    _query("authority", "authority result", {"type": "string", "enum": [*_RESULT, ""]}),
+                    _query("verification", "verification result", {"type": "string", "enum": [*_RESULT, ""]}),
                     _query(
                         "age",
                         "waiting longer than",
-                        {"type": "string", "enum": ["1h", "1d", "3d", "7d", "30d"]},
+                        {"type": "string", "enum": ["1h", "1d", "3d", "7d", "30d", ""]},
                     ),
                     _query(
                         "q",
@@ -210,10 +211,13 @@ _DOCUMENT: dict[str, Any] = {
                     _query(
                         "sort",
                         "order",
-                        {"type": "string", "enum": ["waiting", "-waiting", "created", "-created", "updated"]},
+                        {
+                            "type": "string",
+                            "enum": ["waiting", "-waiting", "created", "-created", "updated", ""],
+                        },
                     ),
-                    _query("page", "page number", {"type": "integer", "minimum": 1}),
-                    _query("per_page", "page size", {"type": "integer", "minimum": 1, "maximum": 200}),
+                    _query("page", "page number, held to 1 to 1,000,000", {"type": "integer"}),
+                    _query("per_page", "page size, held to 1 to 200 (default 50)", {"type": "integer"}),
                 ],
                 "responses": {
                     "200": {
