@@ -7,7 +7,7 @@ from typing import Any
 from flask import Flask, abort, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-NUL_REFUSED = "Text with a NUL character (0x00) is not accepted."
+BAD_TEXT_REFUSED = "Text with a NUL character (0x00) or an unpaired surrogate (not Unicode) is not accepted."
 
 
 def wants_json() -> bool:
@@ -22,35 +22,49 @@ def register(app: Flask) -> None:
         return exc
 
     @app.before_request
-    def _refuse_nul() -> None:
-        # PostgreSQL stores no NUL in text: one in a path, a query, a form or a JSON body would reach the
-        # database as an error (a 500). Mail is different: ingest keeps it, replaced (services.ingest).
-        if request_has_nul():
-            abort(400, description=NUL_REFUSED)
+    def _refuse_bad_text() -> None:
+        # No database stores these in text: PostgreSQL refuses NUL, and an unpaired surrogate (a JSON
+        # "\ud800") cannot be encoded at all; either reached the database as an error (a 500). Mail is
+        # different: ingest keeps such text, replaced (services.ingest).
+        if request_has_bad_text():
+            abort(400, description=BAD_TEXT_REFUSED)
 
 
-def request_has_nul() -> bool:
-    """Whether the request's path, query, headers, form fields or JSON strings hold a NUL character."""
-    if "\x00" in request.path or _any_nul(request.args.items(multi=True)):
+def request_has_bad_text() -> bool:
+    """Whether the request's path, query, headers, form fields or JSON strings hold a NUL character or
+    an unpaired surrogate."""
+    if _bad(request.path) or _any_bad(request.args.items(multi=True)):
         return True
-    if _any_nul(request.headers.items()):
+    if _any_bad(request.headers.items()):
         return True
     if request.method in {"POST", "PUT", "PATCH", "DELETE"}:
         if request.is_json:
-            return _json_has_nul(request.get_json(silent=True))
-        return _any_nul(request.form.items(multi=True))
+            return _json_has_bad_text(request.get_json(silent=True))
+        return _any_bad(request.form.items(multi=True))
     return False
 
 
-def _any_nul(pairs: Any) -> bool:
-    return any("\x00" in key or "\x00" in value for key, value in pairs)
+def _bad(text: str) -> bool:
+    if "\x00" in text:
+        return True
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
-def _json_has_nul(value: Any) -> bool:
+def _any_bad(pairs: Any) -> bool:
+    return any(_bad(key) or _bad(value) for key, value in pairs)
+
+
+def _json_has_bad_text(value: Any) -> bool:
     if isinstance(value, str):
-        return "\x00" in value
+        return _bad(value)
     if isinstance(value, dict):
-        return any("\x00" in key or _json_has_nul(item) for key, item in value.items())
+        return any(_bad(key) or _json_has_bad_text(item) for key, item in value.items())
     if isinstance(value, list):
-        return any(_json_has_nul(item) for item in value)
+        return any(_json_has_bad_text(item) for item in value)
     return False

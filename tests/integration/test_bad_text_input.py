@@ -1,6 +1,7 @@
-"""A NUL character (0x00) anywhere a person or a client can put text is refused with a 400 and a clear
-message. PostgreSQL stores no NUL in text, so before this each of these reached the database as an error,
-a 500 (mail keeps its NULs replaced: services.ingest)."""
+"""A NUL character (0x00) or an unpaired surrogate anywhere a person or a client can put text is refused
+with a 400 and a clear message. PostgreSQL stores no NUL in text and no database takes a surrogate, so
+before this each of these reached the database as an error, a 500 (mail keeps such text replaced:
+services.ingest)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sqlalchemy import func, select
 
 from tests.integration.ui_support import csrf_from, make_case, make_user, signed_in, token_for
 from tmsi.models import CaseNote, User
-from tmsi.web.errors import NUL_REFUSED
+from tmsi.web.errors import BAD_TEXT_REFUSED
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +37,8 @@ def _count(factory: Any, model: Any) -> int:
         ("reply", {"template": "ack", "subject": "s", "body": "b\x00"}),
         ("note", {"body": "ok", "extra": {"deep": ["x\x00"]}}),
         ("note", {"body": "ok", "k\x00": 1}),
+        ("note", {"body": "\ud800"}),
+        ("reject", {"reason": "half a pair: \udfff"}),
     ],
 )
 def test_api_action_bodies(client: Any, factory: Any, bot: dict[str, str], action: str, body: Any) -> None:
@@ -43,7 +46,7 @@ def test_api_action_bodies(client: Any, factory: Any, bot: dict[str, str], actio
     notes = _count(factory, CaseNote)
     done = client.post(f"/api/v1/cases/{ref}/{action}", json=body, headers=bot)
     assert done.status_code == 400
-    assert done.json == {"error": "bad_request", "message": NUL_REFUSED}
+    assert done.json == {"error": "bad_request", "message": BAD_TEXT_REFUSED}
     assert _count(factory, CaseNote) == notes
 
 
@@ -58,21 +61,21 @@ def test_api_action_bodies(client: Any, factory: Any, bot: dict[str, str], actio
 )
 def test_api_paths_and_queries(client: Any, bot: dict[str, str], path: str) -> None:
     answer = client.get(path, headers=bot)
-    assert answer.status_code == 400 and answer.json["message"] == NUL_REFUSED
+    assert answer.status_code == 400 and answer.json["message"] == BAD_TEXT_REFUSED
 
 
 @pytest.mark.parametrize("path", ["/cases?q=a%00b", "/cases?domain=a%00", "/mail?q=%00", "/audit?q=%00"])
 def test_pages(client: Any, factory: Any, path: str) -> None:
     signed_in(client, factory, "admin")
     page = client.get(path)
-    assert page.status_code == 400 and NUL_REFUSED in page.text
+    assert page.status_code == 400 and BAD_TEXT_REFUSED in page.text
 
 
 def test_public_lookup_and_sign_in(client: Any) -> None:
     assert client.get("/lookup?ip=192.0.2.1%00").status_code == 400
     csrf = csrf_from(client.get("/login").text)
     refused = client.post("/login", data={"email": "a\x00@example.test", "password": "x", "csrf_token": csrf})
-    assert refused.status_code == 400 and NUL_REFUSED in refused.text
+    assert refused.status_code == 400 and BAD_TEXT_REFUSED in refused.text
 
 
 def test_forms(client: Any, factory: Any) -> None:
