@@ -103,6 +103,18 @@ def test_live_preview_endpoint(client, factory):
     assert client.post("/templates/preview", json={"body": "x"}).status_code == 400  # CSRF header required
 
 
+@pytest.mark.parametrize("body", ["{{ 1 / 0 }}", "{{ 'x' * 10**9 }}", "{{ 2 ** 100000 }}", "{{ 'a' + 1 }}"])
+def test_live_preview_of_a_template_that_fails_says_why(client, factory, body):
+    ref = make_case(factory)
+    signed_in(client, factory, "lead")
+    token = csrf_from(client.get("/templates").text)
+    answer = client.post(
+        "/templates/preview", json={"subject": "s", "body": body, "case": ref}, headers={"X-CSRFToken": token}
+    )
+    assert answer.status_code == 200
+    assert answer.json["ok"] is False and answer.json["error"].startswith("template error")
+
+
 def test_admin_manages_users_and_tokens(client, factory):
     signed_in(client, factory, "admin", "root@example.test")
     page = client.get("/users")

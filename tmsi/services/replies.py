@@ -16,7 +16,7 @@ from importlib import resources
 from typing import Any
 
 from jinja2 import StrictUndefined, Template, TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -25,7 +25,40 @@ from tmsi.db import utcnow
 from tmsi.models import Case, Direction, Message, OutboxMessage, ReplyTemplate
 from tmsi.services import audit, outbox, policy, propagation
 
-_ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+# What one reply may grow to. Replies are a few kilobytes; a template that builds more is a mistake,
+# and in a live preview it would tie up a web worker (memory, CPU) while the lead types.
+MAX_REPLY_CHARS = 200_000
+_MAX_POWER_BITS = 4_096
+
+
+class _ReplySandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox (no internals, no mutation) that also refuses ``*`` and ``**`` building
+    values beyond a reply's size: ``'x' * 10**9`` or ``9 ** 9 ** 9`` would otherwise run unchecked."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and _power_too_big(left, right):
+            raise SecurityError("the power is too large for a reply")
+        if operator == "*" and _repeat_too_long(left, right):
+            raise SecurityError(f"the repetition is longer than a reply ({MAX_REPLY_CHARS} characters)")
+        return super().call_binop(context, operator, left, right)
+
+
+def _power_too_big(base: Any, exponent: Any) -> bool:
+    if not (isinstance(base, int) and isinstance(exponent, int)) or exponent <= 1 or abs(base) <= 1:
+        return False
+    return abs(base).bit_length() * exponent > _MAX_POWER_BITS
+
+
+def _repeat_too_long(left: Any, right: Any) -> bool:
+    for seq, times in ((left, right), (right, left)):
+        if isinstance(seq, str | list | tuple) and isinstance(times, int) and not isinstance(times, bool):
+            return len(seq) * times > MAX_REPLY_CHARS
+    return False
+
+
+_ENV = _ReplySandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
 
 class TemplateRenderError(ValueError):
@@ -135,12 +168,29 @@ def _compiled(source: str) -> Template:
 
 
 def render_text(subject_tpl: str, body_tpl: str, context: dict[str, Any]) -> Rendered:
+    """Render a reply; any failure of the template (a Jinja error, a sandbox refusal, or an error of the
+    template's own arithmetic such as ``1/0``) is a :class:`TemplateRenderError` naming it."""
     try:
-        subject = _compiled(subject_tpl).render(context)
-        body = _compiled(body_tpl).render(context)
+        subject = _bounded(_compiled(subject_tpl), context)
+        body = _bounded(_compiled(body_tpl), context)
+    except TemplateRenderError:
+        raise
     except TemplateError as exc:  # includes SecurityError and UndefinedError
         raise TemplateRenderError(f"template error: {exc}") from None
+    except (ArithmeticError, TypeError, ValueError, LookupError, RecursionError) as exc:
+        raise TemplateRenderError(f"template error: {type(exc).__name__}: {exc}") from None
     return Rendered(subject=" ".join(subject.split()), body=body)
+
+
+def _bounded(template: Template, context: dict[str, Any]) -> str:
+    parts: list[str] = []
+    size = 0
+    for chunk in template.generate(context):
+        size += len(chunk)
+        if size > MAX_REPLY_CHARS:
+            raise TemplateRenderError(f"template error: the reply is over {MAX_REPLY_CHARS} characters")
+        parts.append(chunk)
+    return "".join(parts)
 
 
 def render_reply(
