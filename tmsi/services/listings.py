@@ -24,7 +24,7 @@ from tmsi.models import Coverage, Listing, ListingEvent, ListingEventKind
 IMPORT_CHUNK = 20_000
 
 
-def _overlap_statement(columns: Sequence[Any], active_only: bool) -> Any:
+def _overlap_statement(columns: Sequence[Any], active_only: bool, limited: bool = False) -> Any:
     """The union of the two index-friendly SELECTs that find every listing overlapping a network:
 
     1. listings starting inside it (a range scan on ``(version, start_key)``);
@@ -33,6 +33,9 @@ def _overlap_statement(columns: Sequence[Any], active_only: bool) -> Any:
     Kept as two statements: an OR of both defeats the index on SQLite. Built once per shape, so the hot
     path only binds values. (Measured: an array parameter instead of the expanding IN, which pays for
     the union of many look-ups below, costs more than it saves for one.)
+
+    ``limited``: the covering listings first (a handful at most), then those inside, stopping after
+    ``:limit`` rows; no ORDER BY, so a wide query stops early instead of sorting every listing.
     """
     version: Any = bindparam("version")
     start: Any = bindparam("start")
@@ -43,6 +46,8 @@ def _overlap_statement(columns: Sequence[Any], active_only: bool) -> Any:
     if active_only:
         inside = inside.where(Listing.active.is_(True))
         covering = covering.where(Listing.active.is_(True))
+    if limited:
+        return union_all(covering, inside).limit(bindparam("limit"))
     return union_all(inside, covering)
 
 
@@ -63,6 +68,9 @@ _OVERLAP = {
     flag: select(Listing).from_statement(_overlap_statement([Listing], flag)) for flag in (True, False)
 }
 _OVERLAP_ROWS = {flag: _overlap_statement(ROW_COLUMNS, flag) for flag in (True, False)}
+_OVERLAP_ROWS_LIMITED = _overlap_statement(ROW_COLUMNS, True, limited=True)
+# The most listings one look-up returns (the API, `tmsi listings lookup`): 0.0.0.0/0 would be all of them.
+LOOKUP_LIMIT = 1000
 
 
 def _arrays(session: Reader) -> bool:
@@ -226,12 +234,19 @@ def listing_to_dict(listing: Any, query: IPNetwork | None = None) -> dict[str, A
     }
 
 
-def lookup(session: Session, network: IPNetwork) -> dict[str, Any]:
-    listings = find_overlapping_rows(session, network)
+def lookup(session: Session, network: IPNetwork, *, limit: int = LOOKUP_LIMIT) -> dict[str, Any]:
+    """The active listings overlapping ``network``: those covering it first, then at most ``limit`` in
+    all. ``truncated`` says more exist; coverage is then of the listings shown (a covering listing is
+    always among them, so "listed" stays exact)."""
+    rows = list(session.execute(_OVERLAP_ROWS_LIMITED, {**_overlap_params(network), "limit": limit + 1}))
+    truncated = len(rows) > limit
+    found = {row.id: row for row in rows[:limit]}
+    listings = sorted(found.values(), key=lambda row: (row.start_key, row.prefixlen))
     return {
         "query": str(network),
         "listed": bool(listings),
         "coverage": coverage_of(network, listings).value,
+        "truncated": truncated,
         "listings": [listing_to_dict(item, network) for item in listings],
     }
 

@@ -10,6 +10,7 @@ from sqlalchemy import text
 from tmsi.app import get_db
 from tmsi.domain.networks import NetworkError, parse_network
 from tmsi.services.listings import lookup
+from tmsi.web.auth import ALL_ROLES, role_required
 
 bp = Blueprint("api", __name__)
 
@@ -24,7 +25,10 @@ def healthz() -> Any:
 
 
 @bp.get("/api/v1/listings")
+@role_required(ALL_ROLES)
 def listings() -> Any:
+    """The listings store for analysts and their scripts (a token or a session); the public, anonymous
+    look-up of one address is /api/v1/lookup (rate-limited)."""
     query = request.args.get("ip", "").strip()
     if not query:
         return json_error(400, "missing_ip", "pass ?ip=ADDRESS or ?ip=CIDR")
