@@ -101,6 +101,9 @@ def test_live_preview_endpoint(client, factory):
     )
     assert missing.json["ok"] is False and "no case" in missing.json["error"]
     assert client.post("/templates/preview", json={"body": "x"}).status_code == 400  # CSRF header required
+    for not_an_object in ([1], "x", 1):
+        refused = client.post("/templates/preview", json=not_an_object, headers={"X-CSRFToken": token})
+        assert refused.status_code == 400 and refused.json["ok"] is False
 
 
 @pytest.mark.parametrize("body", ["{{ 1 / 0 }}", "{{ 'x' * 10**9 }}", "{{ 2 ** 100000 }}", "{{ 'a' + 1 }}"])

@@ -1177,7 +1177,9 @@ def policy_page() -> Any:
 @role_required(ALL_ROLES)
 def template_preview() -> Any:
     """Live preview for the editor (JSON in, JSON out; renders in the sandbox, changes nothing)."""
-    data = request.get_json(silent=True) or {}
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        return jsonify(ok=False, error="send a JSON object: subject, body, case"), 400
     with get_db().factory() as db:
         result = _render_preview(
             db, str(data.get("subject", "")), str(data.get("body", "")), str(data.get("case", ""))
