@@ -60,6 +60,13 @@ def build_app(settings: Settings | dict[str, Any] | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.extensions["tmsi.db"] = Database(settings)
+    if settings.trusted_proxies:
+        # Behind a reverse proxy the peer is the proxy: without this every client would share its
+        # address (one sign-in and look-up rate limit for all) and its http scheme.
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        hops = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
 
     from tmsi.web import register_web
 

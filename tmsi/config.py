@@ -142,6 +142,13 @@ class Settings(BaseSettings):
     huey_storage: Literal["sqlite", "redis", "memory"] = "sqlite"
     session_idle_minutes: int = 60
     session_cookie_secure: bool = False
+    trusted_proxies: int = Field(
+        0,
+        ge=0,
+        le=5,
+        description="reverse proxies in front of the web server that set X-Forwarded-For/-Proto/-Host; "
+        "0: none, the headers are ignored (a client could forge them)",
+    )
     db_pool_size: int = Field(
         5,
         ge=1,

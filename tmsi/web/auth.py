@@ -334,6 +334,9 @@ _SECURITY_HEADERS = (
     ("Cross-Origin-Opener-Policy", "same-origin"),
 )
 _NO_STORE = ("Cache-Control", "no-store")
+# Only on a response over HTTPS (directly, or through a trusted proxy: TMSI_TRUSTED_PROXIES): browsers
+# then refuse plain http to this host for a year. Over http it would be ignored, and is not sent.
+_HSTS = ("Strict-Transport-Security", "max-age=31536000")
 
 
 def _security_headers(response: Any) -> Any:
@@ -342,6 +345,8 @@ def _security_headers(response: Any) -> Any:
     # KeyError (an HTTP exception object) for every header that is missing, which is every one of them.
     present = {name.lower() for name, _value in headers}
     wanted = _SECURITY_HEADERS if current_user() is None else (*_SECURITY_HEADERS, _NO_STORE)
+    if request.is_secure:
+        wanted = (*wanted, _HSTS)
     for name, value in wanted:
         if name.lower() not in present:
             headers.add(name, value)
