@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from tests.integration.ui_support import csrf_from, make_case, make_user, signed_in, token_for
 from tmsi.models import CaseNote, User
-from tmsi.web.errors import BAD_TEXT_REFUSED
+from tmsi.web.errors import BAD_TEXT_REFUSED, JSON_TOO_DEEP
 
 pytestmark = pytest.mark.integration
 
@@ -98,3 +98,13 @@ def test_forms(client: Any, factory: Any) -> None:
     assert note.status_code == 400 and _count(factory, CaseNote) == 0
     fine = client.post(f"/cases/{ref}/action/note", data={"body": "x y", "csrf_token": csrf})
     assert fine.status_code == 302 and _count(factory, CaseNote) == 1
+
+
+@pytest.mark.parametrize("depth", [40, 100_000])
+def test_json_nested_too_deeply(client: Any, factory: Any, bot: dict[str, str], depth: int) -> None:
+    """Before, the JSON parser (or a walk over its result) ran out of stack: RecursionError, a 500."""
+    ref = make_case(factory)
+    headers = {**bot, "Content-Type": "application/json"}
+    for body in ("[" * depth + "]" * depth, '{"a":' * depth + "1" + "}" * depth):
+        answer = client.post(f"/api/v1/cases/{ref}/note", data=body, headers=headers)
+        assert answer.status_code == 400 and answer.json["message"] == JSON_TOO_DEEP
