@@ -49,6 +49,7 @@ def admin(client: Any, factory: Any) -> str:
         f"/cases?page={HUGE}",
         f"/cases?status=all&page={HUGE}",
         f"/mail?page={HUGE}",
+        f"/audit?page={HUGE}",
         f"/mail/{HUGE}/raw",
         "/cases/{ref}/messages/" + HUGE + "/raw",
         "/cases/{ref}/messages/" + HUGE + "/html",

@@ -64,7 +64,7 @@ from werkzeug.utils import secure_filename
 
 from tmsi.app import get_db, get_settings
 from tmsi.db import DriverQuery, Reader, UTCDateTime, dialect_name, unit_of_work, utcnow
-from tmsi.domain.ids import parse_id
+from tmsi.domain.ids import parse_id, parse_page
 from tmsi.models import (
     ApiToken,
     AuditEvent,
@@ -1284,7 +1284,7 @@ def audit_page() -> Any:
             except ValueError:
                 error = f"{key}: use a date like 2026-01-31"
     try:
-        page = max(1, int(args.get("page") or 1))
+        page = parse_page(args.get("page"))
     except ValueError:
         page = 1
     db = request_session()
