@@ -83,7 +83,7 @@ from tmsi.models import (
     User,
     VerificationRun,
 )
-from tmsi.services import audit, cases, decide, policy, replies, users
+from tmsi.services import audit, cases, decide, policy, replies, users, verify
 from tmsi.services import queue as queue_svc
 from tmsi.services.listings import find_overlapping_rows_many
 from tmsi.services.outbox import HeaderInjection
@@ -863,28 +863,17 @@ def case_progress(reference: str) -> Any:
     db = request_session()
     case = _case_or_404(db, reference)
     target_ids = [t.id for t in case.targets]
-    items = []
+    items: list[dict[str, Any]] = []
     if target_ids:
         latest = (
             select(func.max(VerificationRun.id))
             .where(VerificationRun.target_id.in_(target_ids))
             .group_by(VerificationRun.target_id)
         )
-        for run in db.scalars(select(VerificationRun).where(VerificationRun.id.in_(latest))):
-            items.append(
-                {
-                    "id": run.id,
-                    "target_id": run.target_id,
-                    "network": run.network,
-                    "status": run.status.value,
-                    "result": run.result.value,
-                    "total": run.total,
-                    "done": run.done,
-                    "passed": run.passed,
-                    "failed": run.failed,
-                    "unverifiable": run.unverifiable,
-                }
-            )
+        items = [
+            verify.run_status(run)
+            for run in db.scalars(select(VerificationRun).where(VerificationRun.id.in_(latest)))
+        ]
     running = any(i["status"] in {"pending", "running"} for i in items)
     return jsonify(
         reference=case.reference,
