@@ -591,7 +591,15 @@ def test_every_form_of_the_case_page_has_its_own_idempotency_token(client, facto
 
 
 @pytest.mark.parametrize(
-    "path", ["/cases/{ref}", "/cases/{ref}/progress.json", "/cases", "/mail", "/api/v1/cases/{ref}"]
+    "path",
+    [
+        "/cases/{ref}",
+        "/cases/{ref}/progress.json",
+        "/cases",
+        "/mail",
+        "/api/v1/cases/{ref}",
+        "/api/v1/listings?ip=192.0.2.1",
+    ],
 )
 def test_a_read_page_takes_one_read_connection_and_no_transaction(app, client, factory, path):
     """Signing in and the page share the request's one read connection (the read engine's pool, in

@@ -5,12 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, jsonify, request
-from sqlalchemy import text
 
-from tmsi.app import get_db
 from tmsi.domain.networks import NetworkError, parse_network
 from tmsi.services.listings import lookup
-from tmsi.web.auth import ALL_ROLES, role_required
+from tmsi.web.auth import ALL_ROLES, request_session, role_required
 
 bp = Blueprint("api", __name__)
 
@@ -36,6 +34,5 @@ def listings() -> Any:
         network = parse_network(query)
     except NetworkError as exc:
         return json_error(400, "invalid_ip", str(exc))
-    with get_db().reads() as session:
-        session.execute(text("SELECT 1"))
-        return jsonify(lookup(session, network))
+    # on the request's read connection, which signing the caller in already holds
+    return jsonify(lookup(request_session(), network))
