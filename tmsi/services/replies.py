@@ -33,7 +33,7 @@ _MAX_POWER_BITS = 4_096
 
 class _ReplySandbox(ImmutableSandboxedEnvironment):
     """Jinja's immutable sandbox (no internals, no mutation) that also refuses ``*`` and ``**`` building
-    values beyond a reply's size: ``'x' * 10**9`` or ``9 ** 9 ** 9`` would otherwise run unchecked."""
+    values beyond a reply's size: ``'x' * 10**9`` or ``2 ** 100000`` would otherwise run unchecked."""
 
     intercepted_binops = frozenset({"*", "**"})
 
